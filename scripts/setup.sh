@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv with todal installed. On a machine without an NVIDIA GPU the pinned CPU wheel of
+# torch is installed first, so pip never pulls the multi-GB CUDA build. On Debian (as root) the
+# Fashion-MNIST package is installed too: the real-data benchmark and end-to-end test read it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+    .venv/bin/python -m pip install -q torch
+  else
+    .venv/bin/python -m pip install -q torch==2.13.0
+  fi
+fi
+.venv/bin/python -m pip install -q -e ".[dev]"
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
+   && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  for try in 1 2 3; do
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+      >/dev/null 2>&1 && break
+    sleep 5
+  done
+fi
+touch .venv/.ok

@@ -1,0 +1,198 @@
+"""`todal run | compare | strategies`: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__, strategies
+from .atomic import write_json
+from .errors import TodalError
+from .loop import ActiveLoop
+from .plots import learning_curve
+from .presets import defaults_for
+from .results import compare_table, run_table, summarize
+
+
+def _size(text: str):
+    """'0.1' -> 0.1 (a fraction), '1000' -> 1000 (a count)."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a fraction like 0.1 or a count like 1000, got {text!r}")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,1,2, got {text!r}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits",
+                   help="digits (embedded), fashion-mnist, cifar10, cifar100, svhn, PATH.npz or an image folder")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    p.add_argument("--model", default=None, help="small_cnn or resnet18 (default: per dataset)")
+    p.add_argument("--cycles", type=int, default=7)
+    p.add_argument("--initial", type=_size, default=0.1, help="initial labeled set: fraction or count")
+    p.add_argument("--budget", type=_size, default=0.05, help="labels per cycle: fraction or count")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per cycle (default: per dataset)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--flavor", choices=["paper", "official"], default="paper",
+                   help="the paper's equations or the authors' code where they differ")
+    p.add_argument("--lam", type=float, default=None, help="weight of the TOD loss (default: the flavor's)")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--score-subset", type=int, default=None, help="score this many random unlabeled samples")
+    p.add_argument("--reinit", action="store_true", help="re-initialize the model every cycle")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="todal", description="Deep active learning with Temporal Output Discrepancy.")
+    ap.add_argument("--version", action="version", version=f"todal {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="one active learning run (and a baseline to compare with)",
+                         description="With no arguments: COD + semi-supervised training against random "
+                                     "sampling on the embedded digits data, in a few minutes.")
+    _common(run)
+    run.add_argument("--strategy", default="cod")
+    run.add_argument("--semi", action=argparse.BooleanOptionalAction, default=True,
+                     help="add the TOD consistency loss on unlabeled data (Eq. 9)")
+    run.add_argument("--baseline", default="random", help="strategy run beside it for comparison, or 'none'")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--workdir", default=None, help="run directory (default: runs/<dataset>-<strategy>-seed<S>)")
+
+    cmp = sub.add_parser("compare", help="several strategies over several seeds: one table and one plot")
+    _common(cmp)
+    cmp.add_argument("--strategies", default="random,entropy,cod,cod+semi",
+                     help="comma-separated; NAME+semi adds the TOD loss; 'all' = every strategy and cod+semi")
+    cmp.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    cmp.add_argument("--out", default=None, help="output folder (default: runs/compare-<dataset>)")
+
+    sub.add_parser("strategies", help="list the strategies")
+    return ap
+
+
+def _spec(text: str) -> tuple[str, bool]:
+    name, _, suffix = text.strip().partition("+")
+    if suffix not in ("", "semi"):
+        raise TodalError(f"Strategy spec {text!r} is not NAME or NAME+semi; write e.g. cod+semi.")
+    strategies.get(name)  # unknown names fail here, with the valid ones listed
+    return name, suffix == "semi"
+
+
+def _label(name: str, semi: bool) -> str:
+    return f"{name}+semi" if semi else name
+
+
+def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path) -> ActiveLoop:
+    train_set, test_set = data
+    d = defaults_for(args.dataset)
+    train = {"epochs": args.epochs or d["epochs"], "batch_size": args.batch_size or d["batch_size"],
+             "lr": args.lr or d["lr"], "optimizer": args.optimizer}
+    return ActiveLoop(args.model or d["model"], train_set, test_set, strategy=strategy, semi_supervised=semi,
+                      initial=args.initial, budget=args.budget, cycles=args.cycles, workdir=workdir, seed=seed,
+                      flavor=args.flavor, train=train, reinit=args.reinit, lam=args.lam,
+                      ema_decay=args.ema_decay, score_subset=args.score_subset, device=args.device,
+                      progress=not args.quiet)
+
+
+def _execute(loop: ActiveLoop, title: str, quiet: bool) -> list[dict]:
+    if not quiet:
+        print(f"== {title}  ({loop.workdir})", flush=True)
+    records = loop.run()
+    if not quiet:
+        print(run_table(records), flush=True)
+    return records
+
+
+def _write_outputs(out: Path, summaries: dict, args, argv: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", {"command": "todal " + shlex.join(argv), "dataset": args.dataset,
+                                      "todal_version": __version__, "strategies": summaries})
+    learning_curve(summaries, out / "learning_curve.png", title=f"{args.dataset}")
+
+
+def _load_data(args):
+    from .data import load_dataset
+
+    return load_dataset(args.dataset, root=args.data_root)
+
+
+def cmd_run(args, argv) -> None:
+    data = _load_data(args)
+    name, _ = _spec(args.strategy)
+    runs = [(name, args.semi)]
+    if args.baseline != "none":
+        base = _spec(args.baseline)
+        if base != (name, args.semi):
+            runs.append(base)
+    summaries = {}
+    root = Path(args.workdir) if args.workdir else None
+    for i, (strategy, semi) in enumerate(runs):
+        label = _label(strategy, semi)
+        stem = f"{Path(args.dataset).stem}-{label}-seed{args.seed}"
+        workdir = (root if i == 0 else root / f"baseline-{label}") if root else Path("runs") / stem
+        records = _execute(_loop(args, data, strategy, semi, args.seed, workdir), label, args.quiet)
+        summaries[label] = summarize({args.seed: records})
+    out = root or Path("runs") / f"{Path(args.dataset).stem}-{_label(name, args.semi)}-seed{args.seed}"
+    _write_outputs(out, summaries, args, argv)
+    if len(summaries) > 1:
+        print(compare_table(summaries))
+    print(f"results: {out / 'results.json'}  plot: {out / 'learning_curve.png'}")
+
+
+def cmd_compare(args, argv) -> None:
+    data = _load_data(args)
+    specs = (strategies.names() + ["cod+semi"]) if args.strategies == "all" else args.strategies.split(",")
+    parsed = [_spec(s) for s in specs]
+    out = Path(args.out or f"runs/compare-{Path(args.dataset).stem}")
+    summaries = {}
+    for strategy, semi in parsed:
+        label = _label(strategy, semi)
+        per_seed = {}
+        for seed in args.seeds:
+            loop = _loop(args, data, strategy, semi, seed, out / f"{label}-seed{seed}")
+            per_seed[seed] = _execute(loop, f"{label} seed {seed}", args.quiet)
+        summaries[label] = summarize(per_seed)
+        _write_outputs(out, summaries, args, argv)  # partial results survive an interruption
+    print(compare_table(summaries))
+    print(f"results: {out / 'results.json'}  plot: {out / 'learning_curve.png'}")
+
+
+def cmd_strategies(args, argv) -> None:
+    rows = strategies.describe()
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['description']}  [{r['reference']}]")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies}[args.command](args, argv)
+    except TodalError as e:
+        print(f"todal: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("todal: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""`flavor="paper"` vs `flavor="official"`: the paper's equations or the authors' code.
+
+Every field below is one place where the two differ; nothing else changes with the flavor.
+Where the paper is silent both follow the code (the model continues across cycles, the EMA
+teacher persists, classification discrepancy is on softmax probabilities).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .errors import check_choice
+
+# Official code, per dataset: λ (WEIGHT) and the size of the random unlabeled subset scored (SUBSET).
+OFFICIAL_LAMBDA = {"cifar10": 0.02, "cifar100": 0.05, "svhn": 0.005, "caltech101": 0.1}
+OFFICIAL_SUBSET = {"cifar10": 25000, "cifar100": 25000, "svhn": 29302, "caltech101": 4340}
+# Official code quirk: these datasets are scored with the training augmentation.
+OFFICIAL_SCORE_AUGMENT = ("svhn", "caltech101")
+
+
+@dataclass(frozen=True)
+class Flavor:
+    """Resolved choices for one flavor (see DESIGN.md, "the official code").
+
+    measure: discrepancy value, "l2" = ||·|| (Eq. 5) or "half_sq" = 0.5·||·||² (same ranking).
+    score_subset: score a random subset of this many unlabeled samples (None: the whole pool).
+    first_cycle_lowest: in the first cycle select the LOWEST discrepancy (the code) not the highest.
+    first_reference: cycle-0 COD reference, "initial" = the student's own initial weights (paper),
+        "independent" = a separately initialized network (code).
+    consistency: "eq7" = Eq. 7 on the unlabeled batch, or "official" = MSE of a second head
+        against the teacher on labeled and unlabeled batches plus MSE between the two heads.
+    lam: λ of Eq. 9.
+    ema_init: "copy" of the student, or "independent" initialization (code).
+    ema_buffers: average BatchNorm buffers too (paper), or parameters only (code).
+    teacher_train_mode: run the teacher in train mode, batch statistics (code), or eval mode.
+    score_augment: score with the training augmentation (code quirk on SVHN and Caltech-101).
+    """
+
+    name: str
+    measure: str
+    score_subset: int | None
+    first_cycle_lowest: bool
+    first_reference: str
+    consistency: str
+    lam: float
+    ema_init: str
+    ema_buffers: bool
+    teacher_train_mode: bool
+    score_augment: bool
+
+    def replace(self, **changes) -> Flavor:
+        return dataclasses.replace(self, **changes)
+
+
+def flavor_for(name: str, dataset: str = "") -> Flavor:
+    """The flavor's choices for a dataset (λ and the scored subset depend on it in the code)."""
+    check_choice("flavor", "ActiveLoop", name, ("paper", "official"))
+    key = dataset.lower().replace("-", "").replace("_", "")
+    if name == "paper":
+        return Flavor(name="paper", measure="l2", score_subset=None, first_cycle_lowest=False,
+                      first_reference="initial", consistency="eq7", lam=0.05, ema_init="copy",
+                      ema_buffers=True, teacher_train_mode=False, score_augment=False)
+    return Flavor(name="official", measure="half_sq", score_subset=OFFICIAL_SUBSET.get(key, 25000),
+                  first_cycle_lowest=True, first_reference="independent", consistency="official",
+                  lam=OFFICIAL_LAMBDA.get(key, 0.05), ema_init="independent", ema_buffers=False,
+                  teacher_train_mode=True, score_augment=key in OFFICIAL_SCORE_AUGMENT)

@@ -1,0 +1,376 @@
+"""ActiveLoop: the cycle driver. pool -> train -> evaluate -> select -> label -> pool.
+
+Every stage reads its inputs from the run directory and writes its result there (atomically)
+before the next stage starts, and all randomness comes from generators derived from
+(seed, stage, cycle). So a run killed at any point and started again with the same arguments
+redoes at most the interrupted stage and ends with the same selections and metrics.
+
+Run directory:
+    config.json     the resolved configuration (a different one is refused)
+    pool.json       labeled indices per cycle and their labels
+    progress.json   the next stage to run, and what the current cycle has measured so far
+    metrics.jsonl   one line per finished cycle
+    checkpoints/    init.pt, cycle_<c>.pt (model, EMA, strategy state after training),
+                    strategy_<c>.pt (strategy state after selection)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .atomic import torch_save, write_json, write_jsonl
+from .ema import EMA
+from .errors import TodalError, param_error
+from .flavor import Flavor, flavor_for
+from .inference import fetch, test_transform
+from .oracle import SimulatedOracle
+from .pool import Pool
+from .strategies import Context, Strategy
+from .strategies import get as get_strategy
+from .tasks import get_task
+from .train import TrainConfig, evaluate, fit
+
+STAGES = ("train", "evaluate", "select", "reveal")
+
+
+def derive_seed(seed: int, *keys) -> int:
+    """A 63-bit seed for one (stage, cycle, ...) from the run's seed: resuming reproduces it."""
+    h = hashlib.sha256(repr((int(seed),) + keys).encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def generator(seed: int, *keys) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, *keys))
+
+
+@contextlib.contextmanager
+def seeded(seed: int, *keys):
+    """Seed torch's global RNG (dropout, initializers) for a block and restore it afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, *keys))
+        yield
+
+
+def resolve_size(value, n: int, name: str) -> int:
+    """A float in (0, 1] is a fraction of n; an int >= 1 is a count."""
+    expected = "an int in [1, inf) or a float in (0, 1]"
+    if isinstance(value, float) and 0 < value <= 1:
+        return max(1, int(round(value * n)))
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise param_error(name, "ActiveLoop", expected, value)
+
+
+@dataclass
+class LoopConfig:
+    """The resolved configuration of a run: saved to config.json and compared on resume."""
+
+    strategy: str
+    strategy_options: dict
+    semi_supervised: bool
+    initial: int
+    budget: int
+    cycles: int
+    seed: int
+    task: str
+    flavor: dict
+    reinit: bool
+    ema_decay: float
+    train: dict
+    model: str
+    dataset: dict
+    eval_batch_size: int = 512
+    version: int = 1
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+class ActiveLoop:
+    """Active learning with TOD (or any registered strategy) on a training and a test set.
+
+    Args:
+        model_fn: a model name of `todal.models` or a callable returning a fresh `nn.Module`.
+        train_set, test_set: indexable datasets of `(x, y)`; indices of `train_set` identify samples.
+        strategy: a strategy name or instance. semi_supervised: add the TOD loss of Eq. 7 (Eq. 9).
+        initial, budget: fractions of the training set in (0, 1] or counts.
+        cycles: training cycles (the last one is not followed by a selection).
+        epochs: per cycle; other training settings via `train=TrainConfig(...)` or a dict.
+        workdir: the run directory (None: a temporary one, nothing kept).
+        flavor: "paper" or "official" (see `todal.flavor`); `flavor_overrides` changes single choices.
+        reinit: re-initialize the model at every cycle instead of continuing from the last one.
+        lam, ema_decay: λ of Eq. 9 (None: the flavor's) and α of Eq. 6.
+        score_subset: score only this many random unlabeled samples (None: the flavor's).
+        oracle: who labels (default: the dataset's own labels).
+    """
+
+    def __init__(self, model_fn: str | Callable[[], nn.Module], train_set, test_set, *,
+                 strategy: str | Strategy = "cod", semi_supervised: bool = True, initial=0.1,
+                 budget=0.05, cycles: int = 7, epochs: int | None = None, workdir=None, seed: int = 0,
+                 task: str = "classification", flavor: str = "paper", flavor_overrides: dict | None = None,
+                 train: TrainConfig | dict | None = None, reinit: bool = False, lam: float | None = None,
+                 ema_decay: float = 0.999, score_subset: int | None = None, strategy_options: dict | None = None,
+                 oracle=None, device: str | torch.device | None = None, num_classes: int | None = None,
+                 eval_batch_size: int = 512, progress: bool = False):
+        owner = "ActiveLoop"
+        n = len(train_set)
+        if n < 2:
+            raise param_error("train_set", owner, "a dataset of at least 2 samples", f"{n} samples")
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+            raise param_error("cycles", owner, "an int >= 1", cycles)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise param_error("seed", owner, "an int", seed)
+        if not 0 <= ema_decay < 1:
+            raise param_error("ema_decay", owner, "a float in [0, 1)", ema_decay)
+        self.train_set, self.test_set = train_set, test_set
+        self.num_classes = int(num_classes or getattr(train_set, "num_classes", 0) or
+                               int(fetch(train_set, torch.arange(n))[1].max()) + 1)
+        self.strategy = get_strategy(strategy, **(strategy_options or {})) if isinstance(strategy, str) else strategy
+        init = resolve_size(initial, n, "initial")
+        step = resolve_size(budget, n, "budget") if cycles > 1 else 0
+        need = init + step * (cycles - 1)
+        if need > n:
+            raise TodalError(f"The plan needs {need} labels (initial {init} + {cycles - 1} cycles x budget "
+                             f"{step}) but the training set has {n} samples; lower the budget, the initial "
+                             "size or the number of cycles.")
+        tc = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
+        if epochs is not None:
+            tc = TrainConfig(**{**tc.to_dict(), "epochs": epochs})
+        dataset_name = getattr(train_set, "name", "") or type(train_set).__name__
+        fl = flavor_for(flavor, dataset_name)
+        fl = fl.replace(**{**(flavor_overrides or {}),
+                           **({"lam": float(lam)} if lam is not None else {}),
+                           **({"score_subset": score_subset} if score_subset is not None else {})})
+        if fl.score_subset is not None and fl.score_subset < 1:
+            raise param_error("score_subset", owner, "an int >= 1 or None (the whole pool)", fl.score_subset)
+        self.flavor: Flavor = fl
+        self.model_fn = model_fn
+        self.task = get_task(task, self.num_classes)
+        self.oracle = oracle or SimulatedOracle(train_set)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.progress = progress
+        self.needs_ema = semi_supervised or self.strategy.needs_ema
+        model_id = model_fn if isinstance(model_fn, str) else getattr(model_fn, "__qualname__", repr(model_fn))
+        self.config = LoopConfig(
+            strategy=self.strategy.name, strategy_options=strategy_options or {},
+            semi_supervised=bool(semi_supervised), initial=init, budget=step, cycles=cycles, seed=seed,
+            task=task, flavor=asdict(fl), reinit=bool(reinit), ema_decay=float(ema_decay),
+            train=tc.to_dict(), model=str(model_id), eval_batch_size=eval_batch_size,
+            dataset={"name": dataset_name, "train_size": n, "test_size": len(test_set),
+                     "num_classes": self.num_classes})
+        self.train_cfg = tc
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="todal-")
+            workdir = self._tmp.name
+        self.workdir = Path(workdir)
+
+    # --- files --------------------------------------------------------------------------------
+    def _path(self, *parts: str) -> Path:
+        return self.workdir.joinpath(*parts)
+
+    def _ckpt(self, name: str) -> Path:
+        return self._path("checkpoints", name)
+
+    def _load(self, name: str) -> dict:
+        try:
+            return torch.load(self._ckpt(name), map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise TodalError(f"Checkpoint {self._ckpt(name)} is missing, so the run cannot resume; "
+                             "delete the run directory to start over.") from None
+
+    def _read_json(self, name: str):
+        path = self._path(name)
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise TodalError(f"{path} is corrupted ({e}); restore it or delete the run directory to "
+                             "start over.") from None
+
+    def records(self) -> list[dict]:
+        """Metrics of the finished cycles (from metrics.jsonl)."""
+        path = self._path("metrics.jsonl")
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # --- models -------------------------------------------------------------------------------
+    def _new_model(self, *keys) -> nn.Module:
+        second = self.config.semi_supervised and self.flavor.consistency == "official"
+        with seeded(self.config.seed, "model", *keys):
+            if isinstance(self.model_fn, str):
+                from . import models
+
+                return models.get(self.model_fn, in_channels=getattr(self.train_set, "in_channels", 1),
+                                  num_classes=self.num_classes, second_head=second)
+            return self.model_fn()
+
+    def _ema(self, model: nn.Module) -> EMA | None:
+        if not self.needs_ema:
+            return None
+        teacher = self._new_model("teacher") if self.flavor.ema_init == "independent" else None
+        # Without the consistency loss nothing runs the teacher, so only averaging keeps its
+        # BatchNorm statistics meaningful (EMAOD on a task-only run).
+        buffers = self.flavor.ema_buffers or not self.config.semi_supervised
+        return EMA(model, self.config.ema_decay, buffers=buffers, teacher=teacher)
+
+    def _restore(self, state: dict) -> tuple[nn.Module, EMA | None]:
+        model = self._new_model("init")
+        model.load_state_dict(state["model"])
+        ema = self._ema(model)
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        self.strategy.load_state_dict(state.get("strategy") or {})
+        return model.to(self.device), ema
+
+    # --- the run ------------------------------------------------------------------------------
+    def _start(self) -> Pool:
+        cfg = self.config.to_dict()
+        if self._path("config.json").exists():
+            saved = self._read_json("config.json")
+            diff = [k for k in cfg if saved.get(k) != cfg[k]]
+            if diff:
+                k = diff[0]
+                raise TodalError(f"{self.workdir} holds a run with a different configuration ({k}: "
+                                 f"{saved.get(k)!r} there, {cfg[k]!r} now); use another work directory "
+                                 "or delete this one to start over.")
+        if self._path("progress.json").exists():
+            return Pool.load(self._path("pool.json"))
+        # A fresh run: initial random set, initial model (and teacher, and COD's reference).
+        write_json(self._path("config.json"), cfg)
+        pool = Pool(len(self.train_set), self.num_classes)
+        perm = torch.randperm(len(self.train_set), generator=generator(self.config.seed, "initial"))
+        first = perm[: self.config.initial].sort().values
+        labels = self.oracle.label(first)
+        if labels is None:
+            raise TodalError("The oracle has no labels for the initial set yet; label the samples in "
+                             "to_label.csv and run again.")
+        pool.add(first, labels, cycle=0)
+        model = self._new_model("init")
+        ema = self._ema(model)
+        reference = None
+        if self.strategy.needs_previous and self.flavor.first_reference == "independent":
+            reference = self._new_model("reference").state_dict()
+        torch_save(self._ckpt("init.pt"), {"model": model.state_dict(),
+                                           "ema": ema.state_dict() if ema else None,
+                                           "reference": reference, "strategy": self.strategy.state_dict()})
+        pool.save(self._path("pool.json"))
+        write_json(self._path("progress.json"), {"cycle": 0, "stage": "train", "pending": {}})
+        return pool
+
+    def run(self) -> list[dict]:
+        """Run (or resume) every cycle; returns one dict of metrics per cycle."""
+        pool = self._start()
+        while True:
+            prog = self._read_json("progress.json")
+            c, stage = prog["cycle"], prog["stage"]
+            if stage == "done":
+                return self.records()
+            if stage == "reveal" and not self._reveal(pool, prog):
+                return self.records()  # a person has to label first
+            elif stage != "reveal":
+                getattr(self, f"_{stage}")(pool, prog)
+
+    def _advance(self, prog: dict, stage: str, **pending) -> None:
+        prog = {**prog, "stage": stage, "pending": {**prog["pending"], **pending}}
+        write_json(self._path("progress.json"), prog)
+
+    def _train(self, pool: Pool, prog: dict) -> None:
+        c, seed = prog["cycle"], self.config.seed
+        start = self._load("init.pt" if c == 0 else f"cycle_{c - 1}.pt")
+        if c > 0:
+            start["strategy"] = self._load(f"strategy_{c - 1}.pt")
+        model, ema = self._restore(start)
+        if self.config.reinit and c > 0:
+            model.load_state_dict(self._new_model("reinit", c).state_dict())
+        semi = self.config.semi_supervised
+        with seeded(seed, "train", c):
+            stats = fit(model, self.task, self.train_set, pool.labeled, cfg=self.train_cfg,
+                        generator=generator(seed, "train", c), unlabeled=pool.unlabeled if semi else None,
+                        ema=ema, consistency=self.flavor.consistency if semi else None, lam=self.flavor.lam,
+                        teacher_train_mode=self.flavor.teacher_train_mode,
+                        objectives=self.strategy.objectives(), device=self.device,
+                        progress=f"cycle {c} train" if self.progress else None)
+        torch_save(self._ckpt(f"cycle_{c}.pt"), {"model": model.state_dict(),
+                                                 "ema": ema.state_dict() if ema else None,
+                                                 "strategy": self.strategy.state_dict()})
+        for old in (f"cycle_{c - 2}.pt", f"strategy_{c - 2}.pt"):  # COD needs one cycle back, no more
+            self._ckpt(old).unlink(missing_ok=True)
+        self._advance(prog, "evaluate", train_loss=stats["loss"], train_steps=stats["steps"],
+                      train_time_s=round(stats["time_s"], 4))
+
+    def _evaluate(self, pool: Pool, prog: dict) -> None:
+        c = prog["cycle"]
+        model, _ = self._restore(self._load(f"cycle_{c}.pt"))
+        m = evaluate(model, self.task, self.test_set, batch_size=self.config.eval_batch_size, device=self.device)
+        n = len(pool)
+        pending = {"cycle": c, "labeled": n, "labeled_fraction": n / pool.size, **m}
+        if c == self.config.cycles - 1:
+            self._finish(prog, {**prog["pending"], **pending})
+            write_json(self._path("progress.json"), {"cycle": c, "stage": "done", "pending": {}})
+        else:
+            self._advance(prog, "select", **pending)
+
+    def _context(self, pool: Pool, model: nn.Module, ema: EMA | None, c: int) -> Context:
+        seed = self.config.seed
+        unlabeled = pool.unlabeled
+        candidates = unlabeled
+        k = self.flavor.score_subset
+        if k is not None and k < len(unlabeled):
+            pick = torch.randperm(len(unlabeled), generator=generator(seed, "subset", c))[:k]
+            candidates = unlabeled[pick.sort().values]
+
+        def previous() -> nn.Module:
+            if c > 0:
+                state = self._load(f"cycle_{c - 1}.pt")["model"]
+            else:
+                init = self._load("init.pt")
+                state = init["reference"] if init.get("reference") is not None else init["model"]
+            prev = self._new_model("init")
+            prev.load_state_dict(state)
+            return prev
+
+        return Context(model=model, task=self.task, dataset=self.train_set, labeled=pool.labeled,
+                       unlabeled=unlabeled, labels=pool.labels[pool.labeled], generator=generator(seed, "select", c),
+                       cycle=c, device=self.device, batch_size=self.config.eval_batch_size,
+                       ema_model=ema.model if ema else None, flavor=self.flavor, candidates=candidates,
+                       previous=previous, workdir=self.workdir, progress=self.progress)
+
+    def _select(self, pool: Pool, prog: dict) -> None:
+        c = prog["cycle"]
+        model, ema = self._restore(self._load(f"cycle_{c}.pt"))
+        ctx = self._context(pool, model, ema, c)
+        t0 = time.perf_counter()
+        with seeded(self.config.seed, "select", c):
+            chosen = self.strategy.select(ctx, self.config.budget)
+        dt = time.perf_counter() - t0
+        torch_save(self._ckpt(f"strategy_{c}.pt"), self.strategy.state_dict())
+        self._advance({**prog, "selected": chosen.tolist()}, "reveal", select_time_s=round(dt, 4))
+
+    def _reveal(self, pool: Pool, prog: dict) -> bool:
+        c, chosen = prog["cycle"], torch.tensor(prog["selected"], dtype=torch.long)
+        if not bool((pool.cycle[chosen] == c + 1).all()):  # else: revealed before a crash
+            labels = self.oracle.label(chosen)
+            if labels is None:
+                return False
+            pool.add(chosen, labels, cycle=c + 1)
+            pool.save(self._path("pool.json"))
+        self._finish(prog, {**prog["pending"], "selected": chosen.tolist()})
+        write_json(self._path("progress.json"), {"cycle": c + 1, "stage": "train", "pending": {}})
+        return True
+
+    def _finish(self, prog: dict, record: dict) -> None:
+        """Write metrics.jsonl with this cycle's record replacing any earlier one for the cycle."""
+        records = [r for r in self.records() if r["cycle"] != prog["cycle"]] + [record]
+        write_jsonl(self._path("metrics.jsonl"), sorted(records, key=lambda r: r["cycle"]))

@@ -1,0 +1,160 @@
+"""What every strategy shares: the read-only context it gets, validation of its answer, top-k."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import TodalError, param_error
+from ..flavor import Flavor, flavor_for
+from ..inference import Transform, chunks, eval_mode, fetch, test_transform, train_transform
+from ..pool import clip_budget
+from ..tasks import Task
+
+
+@dataclass
+class Context:
+    """Everything a strategy may read in one selection. Strategies must not modify any of it.
+
+    `candidates` is the part of the unlabeled pool to score (the whole pool, or the random subset
+    the official flavor scores); `labels` are the revealed labels of `labeled`, aligned.
+    """
+
+    model: nn.Module
+    task: Task
+    dataset: object
+    labeled: Tensor
+    unlabeled: Tensor
+    labels: Tensor
+    generator: torch.Generator
+    cycle: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    batch_size: int = 256
+    ema_model: nn.Module | None = None
+    flavor: Flavor = field(default_factory=lambda: flavor_for("paper"))
+    candidates: Tensor | None = None
+    transform: Transform | None = None
+    augment: Transform | None = None
+    previous: Callable[[], nn.Module] | None = None
+    workdir: Path | None = None
+    progress: bool = False
+
+    def __post_init__(self):
+        if self.candidates is None:
+            self.candidates = self.unlabeled
+        if self.transform is None:
+            self.transform = test_transform(self.dataset)
+        if self.augment is None:
+            self.augment = train_transform(self.dataset)
+        self._previous_model = None
+
+    @property
+    def previous_model(self) -> nn.Module:
+        """The model of the previous cycle (in cycle 0: the reference the flavor names), loaded lazily."""
+        if self._previous_model is None:
+            if self.previous is None:
+                raise TodalError("This strategy needs the previous cycle's model, but the context has "
+                                 "none; pass previous=<callable returning the model> to Context.")
+            self._previous_model = self.previous().to(self.device)
+        return self._previous_model
+
+    def batches(self, indices: Tensor, desc: str | None = None, *, augmented: bool = False):
+        """Yield `(idx, x)` over `indices`, inputs transformed and on the device."""
+        from tqdm.auto import tqdm
+
+        transform = (lambda x: self.augment(x, self.generator)) if augmented else self.transform
+        for idx in tqdm(list(chunks(indices, self.batch_size)), desc=desc, leave=False, unit="batch",
+                        disable=not self.progress):
+            yield idx, transform(fetch(self.dataset, idx)[0]).to(self.device)
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, indices: Tensor, desc: str | None = None) -> Tensor:
+        """Raw outputs of `model` (eval mode) on `indices`, concatenated on the CPU: `[n, C, ...]`."""
+        with eval_mode(model):
+            return torch.cat([model(x).float().cpu() for _, x in self.batches(indices, desc)])
+
+    @torch.no_grad()
+    def embeddings(self, indices: Tensor, model: nn.Module | None = None, desc: str | None = None) -> Tensor:
+        """Penultimate features `[n, D]` of `indices` (the model's `embed()` or a hook before its head)."""
+        from ..models import embed
+
+        model = model or self.model
+        with eval_mode(model):
+            return torch.cat([embed(model, x).float().cpu() for _, x in self.batches(indices, desc)])
+
+
+def top_k(scores: Tensor, k: int, *, largest: bool = True) -> Tensor:
+    """Positions of the k best scores; ties keep index order (stable), NaN counts as worst."""
+    s = scores.double().clone()
+    s[torch.isnan(s)] = -torch.inf if largest else torch.inf
+    return torch.sort(s, descending=largest, stable=True).indices[:k]
+
+
+class Strategy(abc.ABC):
+    """Base of every strategy: validates the budget and the answer; subclasses supply `_select`.
+
+    `__init__` only stores options. State that must survive a resume (caches, auxiliary nets)
+    goes through `state_dict()` / `load_state_dict()`; the loop saves it in the run directory.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    needs_ema: ClassVar[bool] = False
+    needs_previous: ClassVar[bool] = False
+
+    def __init__(self, **options):
+        if options:
+            raise param_error(next(iter(options)), f"strategy {self.name!r}", "a known option",
+                              options[next(iter(options))], "See `todal strategies` for the options.")
+
+    def objectives(self) -> list:
+        """Training objectives this strategy adds to `fit()` (LL4AL's loss module); none by default."""
+        return []
+
+    def select(self, ctx: Context, budget: int) -> Tensor:
+        """`budget` distinct unlabeled indices (all that are left, with a warning, when fewer)."""
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise param_error("budget", f"strategy {self.name!r}", "an int >= 1", budget)
+        k = clip_budget(budget, len(ctx.unlabeled), f"strategy {self.name!r}")
+        if k == 0:
+            return torch.empty(0, dtype=torch.long)
+        chosen = torch.as_tensor(self._select(ctx, k), dtype=torch.long).flatten()
+        unl = torch.zeros(len(ctx.dataset), dtype=torch.bool)
+        unl[ctx.unlabeled] = True
+        if len(chosen) != k or len(chosen.unique()) != k or not bool(unl[chosen].all()):
+            raise RuntimeError(f"strategy {self.name!r} broke its contract: it must return {k} distinct "
+                               f"unlabeled indices, returned {len(chosen)}")
+        return chosen
+
+    @abc.abstractmethod
+    def _select(self, ctx: Context, k: int) -> Tensor:
+        """k distinct indices from `ctx.unlabeled`, 1 <= k <= len(ctx.unlabeled)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ScoreStrategy(Strategy):
+    """A strategy that scores candidates and takes the top k: subclasses supply `score`."""
+
+    @abc.abstractmethod
+    def score(self, ctx: Context, candidates: Tensor) -> Tensor:
+        """`[n]` informativeness of `candidates`; higher is picked first."""
+
+    def ascending(self, ctx: Context) -> bool:
+        """True to pick the lowest scores instead (the official code's first COD cycle)."""
+        return False
+
+    def _select(self, ctx: Context, k: int) -> Tensor:
+        cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
+        scores = self.score(ctx, cand)
+        return cand[top_k(scores, k, largest=not self.ascending(ctx))]

@@ -1,0 +1,62 @@
+"""Uncertainty heuristics on softmax probabilities `[N, C, *S]` (pixel means for dense outputs)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from . import register
+from .base import Context, ScoreStrategy
+
+
+def _per_sample(per_elem: Tensor) -> Tensor:
+    return per_elem if per_elem.dim() == 1 else per_elem.flatten(1).mean(1)
+
+
+def entropy_score(probs: Tensor) -> Tensor:
+    """H(p) = -sum_c p_c log p_c per sample (pixel mean)."""
+    return _per_sample(-(probs * probs.clamp_min(1e-12).log()).sum(1))
+
+
+def margin_score(probs: Tensor) -> Tensor:
+    """-(p_top1 - p_top2): small margins score high."""
+    top2 = probs.topk(2, dim=1).values
+    return _per_sample(top2[:, 1] - top2[:, 0])
+
+
+def least_confidence_score(probs: Tensor) -> Tensor:
+    """1 - max_c p_c."""
+    return _per_sample(1.0 - probs.max(dim=1).values)
+
+
+class _Uncertainty(ScoreStrategy):
+    """Scores the model's probabilities with `score_probs` (a staticmethod set by each subclass)."""
+
+    reference = "Settles, Active Learning Literature Survey, 2009"
+    score_probs: Callable[[Tensor], Tensor]
+
+    def score(self, ctx: Context, candidates: Tensor) -> Tensor:
+        probs = ctx.task.probs(ctx.outputs(ctx.model, candidates, f"scoring {self.name}"))
+        return self.score_probs(probs)
+
+
+@register
+class Entropy(_Uncertainty):
+    name = "entropy"
+    description = "highest predictive entropy"
+    score_probs = staticmethod(entropy_score)
+
+
+@register
+class Margin(_Uncertainty):
+    name = "margin"
+    description = "smallest gap between the two most probable classes"
+    score_probs = staticmethod(margin_score)
+
+
+@register
+class LeastConfidence(_Uncertainty):
+    name = "least_confidence"
+    description = "lowest probability of the predicted class"
+    score_probs = staticmethod(least_confidence_score)

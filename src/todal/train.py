@@ -1,0 +1,189 @@
+"""fit(): one training loop for supervised and semi-supervised runs (Eq. 8 and Eq. 9).
+
+Each step draws a labeled batch and, when a teacher is given, an unlabeled batch:
+
+    L = CE(f(x_l; w), y) + λ · mean_u ||f(x_u; w) - f(x_u; w~)||²            (Eq. 9, "eq7")
+
+the teacher w~ runs without gradients and moves toward w after every optimizer step (Eq. 6).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .ema import EMA
+from .errors import check_choice, param_error
+from .inference import Transform, fetch, train_transform
+from .objectives import Objective, official_consistency, tod_consistency
+from .tasks import Task
+
+
+@dataclass
+class TrainConfig:
+    """One cycle's training. Defaults: the paper's appendix B (ResNet-18 on CIFAR)."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    lr_drop_at: float = 0.8  # fraction of the epochs after which lr is multiplied by lr_drop
+    lr_drop: float = 0.1
+    unlabeled_batch_size: int | None = None  # default: batch_size
+
+    def __post_init__(self):
+        owner = "TrainConfig"
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise param_error(name, owner, "an int >= 1", v)
+        if not self.lr > 0:
+            raise param_error("lr", owner, "a float > 0", self.lr)
+        if not 0 < self.lr_drop_at <= 1:
+            raise param_error("lr_drop_at", owner, "a float in (0, 1]", self.lr_drop_at)
+        check_choice("optimizer", owner, self.optimizer, ("sgd", "adam"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+class _Cycler:
+    """Endless batches of indices, reshuffled (by the generator) on every pass."""
+
+    def __init__(self, indices: Tensor, batch_size: int, generator: torch.Generator):
+        self.indices, self.batch_size, self.generator = indices, batch_size, generator
+        self._order, self._pos = None, 0
+
+    def next(self) -> Tensor:
+        if self._order is None or self._pos + self.batch_size > len(self._order):
+            self._order = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
+            self._pos = 0
+        out = self._order[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return out
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    dataset,
+    labeled: Tensor,
+    *,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    unlabeled: Tensor | None = None,
+    ema: EMA | None = None,
+    consistency: str | None = None,
+    lam: float = 0.05,
+    teacher_train_mode: bool = False,
+    objectives: Sequence[Objective] = (),
+    transform: Transform | None = None,
+    device: torch.device | str | None = None,
+    progress: str | None = None,
+) -> dict:
+    """Train `model` on `labeled` for `cfg.epochs` epochs; returns `{"loss", "steps", "time_s"}`.
+
+    consistency: None (task loss only; the EMA, if given, still follows the model), "eq7"
+        (Eq. 7 on the unlabeled batch), or "official" (the authors' two-head MSE, needs
+        `model.heads(x)`); both need `ema` and `unlabeled`.
+    """
+    device = torch.device(device or "cpu")
+    labeled = torch.as_tensor(labeled, dtype=torch.long)
+    if len(labeled) == 0:
+        raise param_error("labeled", "fit", "a non-empty set of indices", "[]")
+    if consistency is not None:
+        check_choice("consistency", "fit", consistency, ("eq7", "official"))
+        if ema is None or unlabeled is None or len(unlabeled) == 0:
+            raise param_error("consistency", "fit", "used with an EMA teacher and a non-empty unlabeled set",
+                              consistency, "Pass ema= and unlabeled=, or consistency=None.")
+        if consistency == "official" and not hasattr(model, "heads"):
+            raise param_error("consistency", "fit", "'eq7' for a model without a second head", consistency,
+                              "Build the model with second_head=True for the official consistency.")
+    transform = transform or train_transform(dataset)
+    augment = lambda x: transform(x, generator)  # noqa: E731  (all randomness from one generator)
+
+    model.to(device).train()
+    for obj in objectives:
+        obj.attach(model)
+        obj.train(True)
+    params = list(model.parameters()) + [p for obj in objectives for p in obj.parameters()]
+    opt = make_optimizer(params, cfg)
+    drop_epoch = int(round(cfg.lr_drop_at * cfg.epochs))
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=cfg.lr_drop)
+    steps_per_epoch = -(-len(labeled) // cfg.batch_size)
+    unl = _Cycler(unlabeled, cfg.unlabeled_batch_size or cfg.batch_size, generator) if consistency else None
+    teacher = ema.model.to(device) if ema is not None else None
+
+    t0, steps, epoch_loss = time.perf_counter(), 0, float("nan")
+    bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")
+    try:
+        for epoch in bar:
+            order = labeled[torch.randperm(len(labeled), generator=generator)]
+            total = torch.zeros(())
+            for b in range(steps_per_epoch):
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                x, y = fetch(dataset, idx)
+                x, y = augment(x).to(device), y.to(device)
+                if consistency == "official":
+                    out, out2 = model.heads(x)
+                else:
+                    out = model(x)
+                per_sample = task.per_sample_loss(out, y)
+                loss = task.loss(out, y)  # Eq. 8
+                for obj in objectives:
+                    loss = loss + obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
+                if consistency is not None:
+                    xu = augment(fetch(dataset, unl.next())[0]).to(device)
+                    teacher.train(teacher_train_mode)
+                    with torch.no_grad():
+                        t_u = teacher(xu)
+                        t_l = teacher(x) if consistency == "official" else None
+                    if consistency == "eq7":
+                        loss = loss + lam * tod_consistency(model(xu), t_u)  # Eq. 9
+                    else:
+                        u, u2 = model.heads(xu)
+                        loss = loss + lam * official_consistency([(out, out2), (u, u2)], [t_l, t_u])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if ema is not None:
+                    ema.update(model)
+                total += loss.detach().cpu()
+                steps += 1
+            sched.step()
+            epoch_loss = float(total) / steps_per_epoch
+            bar.set_postfix(loss=f"{epoch_loss:.3f}")
+    finally:
+        for obj in objectives:
+            obj.detach()
+    return {"loss": epoch_loss, "steps": steps, "time_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, task: Task, dataset, *, batch_size: int = 256,
+             transform: Transform | None = None, device: torch.device | str | None = None) -> dict:
+    """Test metrics in one pass: accuracy, mean loss, per-class accuracy (eval mode)."""
+    from .inference import predict
+
+    conf = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
+    loss_sum, count = 0.0, 0
+    for idx, out in predict(model, dataset, torch.arange(len(dataset)), transform=transform,
+                            batch_size=batch_size, device=device):
+        y = fetch(dataset, idx)[1]
+        loss_sum += float(task.per_sample_loss(out, y).sum())
+        count += len(idx)
+        conf += task.confusion(out, y)
+    return task.metrics(conf, loss_sum, count)

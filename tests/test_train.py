@@ -1,0 +1,78 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import TinyData, blobs, mlp
+from todal import EMA, TrainConfig, fit
+from todal.errors import TodalError
+from todal.tasks import Classification
+
+
+def _one_step_cfg(batch: int) -> TrainConfig:
+    return TrainConfig(epochs=1, batch_size=batch, lr=0.1, momentum=0.0, weight_decay=0.0)
+
+
+def test_one_step_of_eq9_matches_hand_gradient():
+    torch.manual_seed(0)
+    ds = blobs(8, 0)
+    labeled, unlabeled = torch.arange(4), torch.arange(4, 8)
+    model = mlp()
+    teacher = mlp()  # a different teacher, so the consistency term is not zero
+    expected = copy.deepcopy(model)
+    ema = EMA(model, 0.999, teacher=copy.deepcopy(teacher))
+    lam = 0.5
+    # Full batches: the loss does not depend on the order the batches are drawn in.
+    xl, yl, xu = ds.x[labeled], ds.y[labeled], ds.x[unlabeled]
+    loss = F.cross_entropy(expected(xl), yl) + lam * ((expected(xu) - teacher(xu)) ** 2).sum(1).mean()
+    grads = torch.autograd.grad(loss, list(expected.parameters()))
+    fit(model, Classification(3), ds, labeled, unlabeled=unlabeled, ema=ema, consistency="eq7", lam=lam,
+        cfg=_one_step_cfg(4), generator=torch.Generator().manual_seed(0))
+    for p, q, g in zip(model.parameters(), expected.parameters(), grads):
+        assert torch.allclose(p, q - 0.1 * g, atol=1e-6)
+
+
+def test_ema_updates_after_every_step_and_teacher_gets_no_gradient():
+    ds = blobs(12, 0)
+    model = mlp()
+    ema = EMA(model, 0.9)
+    before = [p.clone() for p in ema.model.parameters()]
+    stats = fit(model, Classification(3), ds, torch.arange(6), unlabeled=torch.arange(6, 12), ema=ema,
+                consistency="eq7", cfg=TrainConfig(epochs=2, batch_size=2), generator=torch.Generator().manual_seed(0))
+    assert stats["steps"] == 6 and ema.step == 6
+    assert all(p.grad is None for p in ema.model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, ema.model.parameters()))
+
+
+def test_task_only_training_learns_blobs():
+    ds, test = blobs(90, 0), blobs(60, 1)
+    model = mlp()
+    fit(model, Classification(3), ds, torch.arange(90), cfg=TrainConfig(epochs=20, batch_size=16, lr=0.05),
+        generator=torch.Generator().manual_seed(0))
+    acc = (model(test.x).argmax(1) == test.y).float().mean().item()
+    assert acc > 0.9
+
+
+def test_lr_drops_after_80_percent_of_epochs():
+    cfg = TrainConfig(epochs=10, lr_drop_at=0.8)
+    assert cfg.lr == 0.1 and round(cfg.lr_drop_at * cfg.epochs) == 8
+
+
+def test_official_consistency_needs_a_second_head():
+    ds = blobs(8, 0)
+    with pytest.raises(TodalError, match="second_head=True"):
+        fit(mlp(), Classification(3), ds, torch.arange(4), unlabeled=torch.arange(4, 8), ema=EMA(mlp()),
+            consistency="official", cfg=_one_step_cfg(4), generator=torch.Generator())
+
+
+def test_consistency_without_teacher_is_refused():
+    with pytest.raises(TodalError, match="used with an EMA teacher"):
+        fit(mlp(), Classification(3), blobs(8, 0), torch.arange(4), consistency="eq7",
+            cfg=_one_step_cfg(4), generator=torch.Generator())
+
+
+def test_bad_train_config_is_one_clear_error():
+    with pytest.raises(TodalError, match=r"The 'epochs' parameter of TrainConfig must be an int >= 1. Got 0."):
+        TrainConfig(epochs=0)
