@@ -26,9 +26,9 @@ class TinyData:
 
 def blobs(n: int, seed: int, classes: int = 3, dim: int = 8, name: str = "tiny") -> TinyData:
     """Gaussian blobs: separable enough that a linear model learns them in a few epochs."""
+    centers = torch.randn(classes, dim, generator=torch.Generator().manual_seed(1234)) * 3  # one task
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
-    centers = torch.randn(classes, dim, generator=g) * 3
     x = centers[y] + torch.randn(n, dim, generator=g)
     return TinyData(x, y, classes, name)
 

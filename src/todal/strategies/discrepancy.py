@@ -54,14 +54,16 @@ class COD(_OutputDiscrepancy):
     def __init__(self, space: str = "probs", measure: str | None = None, cache: bool = True):
         super().__init__(space, measure)
         self.cache = bool(cache)
-        self._cache: dict | None = None  # {"cycle", "indices" (n,), "outputs" (n, C)} in self.space
+        # {cycle: {"indices": (n,), "outputs": (n, C)}} in self.space, for the last two cycles, so
+        # scoring twice in one cycle still compares with the previous cycle's outputs.
+        self._cache: dict[int, dict] = {}
 
     def ascending(self, ctx: Context) -> bool:
         return ctx.cycle == 0 and ctx.flavor.first_cycle_lowest
 
     def _previous_outputs(self, ctx: Context, candidates: Tensor) -> Tensor | None:
-        c = self._cache
-        if c is None or c["cycle"] != ctx.cycle - 1:
+        c = self._cache.get(ctx.cycle - 1)
+        if c is None:
             return None
         pos = torch.full((len(ctx.dataset),), -1, dtype=torch.long)
         pos[c["indices"]] = torch.arange(len(c["indices"]))
@@ -81,14 +83,15 @@ class COD(_OutputDiscrepancy):
         if previous is None:
             previous = to_space(ctx.outputs(ctx.previous_model, candidates, "previous model"), self.space)
         if self.cache and current.dim() == 2:
-            self._cache = {"cycle": ctx.cycle, "indices": candidates.clone(), "outputs": current}
+            self._cache = {c: v for c, v in self._cache.items() if c == ctx.cycle - 1}
+            self._cache[ctx.cycle] = {"indices": candidates.clone(), "outputs": current}
         return discrepancy(current, previous, measure=self._measure(ctx), task=ctx.task)
 
     def state_dict(self) -> dict:
         return {"cache": self._cache}
 
     def load_state_dict(self, state: dict) -> None:
-        self._cache = state.get("cache")
+        self._cache = dict(state.get("cache") or {})
 
 
 @register

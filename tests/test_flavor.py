@@ -1,0 +1,109 @@
+"""flavor="paper" vs "official": the switch changes exactly the documented behaviours."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import blobs
+from todal import ActiveLoop
+from todal.errors import TodalError
+from todal.flavor import flavor_for
+
+DOCUMENTED = {"measure", "score_subset", "first_cycle_lowest", "first_reference", "consistency", "lam",
+              "ema_init", "ema_buffers", "teacher_train_mode", "score_augment"}
+
+
+class TwoHead(nn.Module):
+    """A model with BatchNorm and the second head the official consistency uses."""
+
+    def __init__(self, dim=8, classes=3):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(dim, 16), nn.BatchNorm1d(16), nn.ReLU())
+        self.head, self.head2 = nn.Linear(16, classes), nn.Linear(16, classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+    def heads(self, x):
+        h = self.body(x)
+        return self.head(h), self.head2(h)
+
+
+def test_the_flavors_differ_in_exactly_the_documented_fields():
+    paper, official = flavor_for("paper", "svhn"), flavor_for("official", "svhn")
+    differ = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(official, f.name)}
+    assert differ - {"name"} == DOCUMENTED
+
+
+@pytest.mark.parametrize("dataset, lam, subset, augment", [
+    ("cifar10", 0.02, 25000, False), ("cifar100", 0.05, 25000, False), ("svhn", 0.005, 29302, True),
+    ("caltech101", 0.1, 4340, True), ("fashion-mnist", 0.05, 25000, False)])
+def test_official_per_dataset_values(dataset, lam, subset, augment):
+    f = flavor_for("official", dataset)
+    assert (f.lam, f.score_subset, f.score_augment) == (lam, subset, augment)
+
+
+def test_paper_values_do_not_depend_on_the_dataset():
+    assert flavor_for("paper", "svhn") == flavor_for("paper", "cifar10")
+    f = flavor_for("paper")
+    assert (f.lam, f.score_subset, f.measure, f.consistency) == (0.05, None, "l2", "eq7")
+
+
+def _loop(tmp_path, flavor, model=TwoHead, **kw):
+    return ActiveLoop(model, blobs(120, 0, name=kw.pop("name", "tiny")), blobs(30, 1), strategy="cod",
+                      initial=20, budget=10, cycles=2, epochs=2, train={"batch_size": 8, "lr": 0.05},
+                      workdir=tmp_path / flavor, flavor=flavor, **kw)
+
+
+def _init(tmp_path, flavor):
+    return torch.load(tmp_path / flavor / "checkpoints" / "init.pt", weights_only=False)
+
+
+def test_teacher_and_first_reference_are_copies_in_paper_and_independent_in_official(tmp_path):
+    for flavor in ("paper", "official"):
+        _loop(tmp_path, flavor)._start()
+    paper, official = _init(tmp_path, "paper"), _init(tmp_path, "official")
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(paper["ema"]["model"], paper["model"]) and paper["reference"] is None
+    assert not same(official["ema"]["model"], official["model"])
+    assert not same(official["reference"], official["model"])
+
+
+def test_official_teacher_averages_parameters_only_and_runs_in_train_mode(tmp_path):
+    paper, official = _loop(tmp_path, "paper"), _loop(tmp_path, "official")
+    assert paper._ema(TwoHead()).buffers and not official._ema(TwoHead()).buffers
+    assert not paper.flavor.teacher_train_mode and official.flavor.teacher_train_mode
+    official.run()
+    teacher = torch.load(tmp_path / "official" / "checkpoints" / "cycle_1.pt", weights_only=False)["ema"]["model"]
+    # buffers not averaged, yet they moved: the teacher's own train-mode forward passes updated them
+    assert teacher["body.1.num_batches_tracked"] > 0 and not torch.all(teacher["body.1.running_mean"] == 0)
+
+
+def test_official_consistency_needs_two_heads(tmp_path):
+    from conftest import mlp
+
+    with pytest.raises(TodalError, match="second_head=True"):
+        _loop(tmp_path, "official", model=mlp).run()
+    _loop(tmp_path, "paper", model=mlp).run()  # Eq. 7 works with any model
+
+
+def test_official_scores_a_random_subset(tmp_path):
+    loop = _loop(tmp_path, "official", score_subset=30)
+    pool = loop._start()
+    ctx = loop._context(pool, TwoHead(), None, 0)
+    assert len(ctx.candidates) == 30 and set(ctx.candidates.tolist()) <= set(pool.unlabeled.tolist())
+    paper = _loop(tmp_path, "paper")
+    assert len(paper._context(paper._start(), TwoHead(), None, 0).candidates) == 100
+
+
+def test_overrides_change_single_choices(tmp_path):
+    loop = _loop(tmp_path, "official", flavor_overrides={"first_cycle_lowest": False}, lam=0.3)
+    assert loop.flavor.first_cycle_lowest is False and loop.flavor.lam == 0.3
+    assert loop.flavor.consistency == "official"
+
+
+def test_score_augmentation_quirk_only_on_svhn_and_caltech():
+    assert flavor_for("official", "svhn").score_augment and flavor_for("official", "caltech101").score_augment
+    assert not flavor_for("official", "cifar10").score_augment and not flavor_for("paper", "svhn").score_augment

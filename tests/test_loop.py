@@ -1,0 +1,200 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import todal.atomic
+import todal.loop
+from conftest import blobs, mlp
+from todal import ActiveLoop
+from todal.errors import TodalError
+from todal.oracle import FileOracle
+
+TIMING = ("train_time_s", "select_time_s")
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def make(workdir, strategy="cod", semi=True, seed=0, **kw):
+    return ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategy, semi_supervised=semi, initial=20,
+                      budget=10, cycles=3, epochs=3, train={"batch_size": 8, "lr": 0.05}, workdir=workdir,
+                      seed=seed, **kw)
+
+
+def test_records_per_cycle(tmp_path):
+    recs = make(tmp_path).run()
+    assert [r["labeled"] for r in recs] == [20, 30, 40]
+    assert all(0 <= r["accuracy"] <= 1 and r["loss"] > 0 for r in recs)
+    assert all(len(r["selected"]) == 10 for r in recs[:-1]) and "selected" not in recs[-1]
+    assert all("train_time_s" in r for r in recs) and all("select_time_s" in r for r in recs[:-1])
+    assert len(recs[0]["per_class_accuracy"]) == 3
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"config.json", "pool.json", "progress.json", "metrics.jsonl", "checkpoints"} <= files
+
+
+@pytest.mark.parametrize("strategy, semi", [("cod", True), ("random", False), ("emaod", False)])
+def test_same_seed_same_selections_and_metrics(tmp_path, strategy, semi):
+    a = make(tmp_path / "a", strategy, semi).run()
+    b = make(tmp_path / "b", strategy, semi).run()
+    assert strip(a) == strip(b)
+
+
+def test_different_seeds_differ(tmp_path):
+    assert strip(make(tmp_path / "a").run()) != strip(make(tmp_path / "b", seed=1).run())
+
+
+class Killed(Exception):
+    pass
+
+
+def _uninterrupted(tmp_path, **kw):
+    return strip(make(tmp_path / "ref", **kw).run())
+
+
+@pytest.mark.parametrize("kill_after", range(1, 11))
+def test_resume_after_any_completed_stage(tmp_path, monkeypatch, kill_after):
+    expected = _uninterrupted(tmp_path)
+    real = todal.loop.write_json
+    count = {"n": 0}
+
+    def dying(path, obj):
+        real(path, obj)
+        if Path(path).name == "progress.json":
+            count["n"] += 1
+            if count["n"] == kill_after:
+                raise Killed
+
+    monkeypatch.setattr(todal.loop, "write_json", dying)
+    with pytest.raises(Killed):
+        make(tmp_path / "run").run()
+    monkeypatch.setattr(todal.loop, "write_json", real)
+    assert strip(make(tmp_path / "run").run()) == expected
+
+
+@pytest.mark.parametrize("target", ["pool.json", "cycle_1.pt", "metrics.jsonl", "strategy_0.pt"])
+def test_resume_after_a_crash_mid_write(tmp_path, monkeypatch, target):
+    expected = _uninterrupted(tmp_path)
+    real = os.replace
+
+    def dying(src, dst):
+        if Path(dst).name == target:
+            raise Killed  # the temp file is written, the rename never happens
+        real(src, dst)
+
+    monkeypatch.setattr(todal.atomic.os, "replace", dying)
+    with pytest.raises(Killed):
+        make(tmp_path / "run").run()
+    monkeypatch.setattr(todal.atomic.os, "replace", real)
+    assert not list((tmp_path / "run").rglob("*.tmp"))  # no half-written file left behind
+    assert strip(make(tmp_path / "run").run()) == expected
+
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    from conftest import blobs, mlp
+    from todal import ActiveLoop
+    loop = ActiveLoop(mlp, blobs(400, 0), blobs(60, 1), strategy="cod", initial=40, budget=20, cycles=4,
+                      epochs=25, train={{"batch_size": 8, "lr": 0.05}}, workdir=sys.argv[1], seed=3)
+    loop.run()
+""")
+
+
+def test_sigkill_at_any_time_resumes_to_the_same_result(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(SCRIPT.format(tests=str(Path(__file__).parent)))
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, str(script), str(ref)], check=True)
+    run = tmp_path / "run"
+    for delay in (1.5, 1.0, 0.7):  # kill at a few points; a finished run just returns
+        proc = subprocess.Popen([sys.executable, str(script), str(run)])
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    subprocess.run([sys.executable, str(script), str(run)], check=True)
+    read = lambda d: strip([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()])
+    assert read(run) == read(ref)
+
+
+def test_different_config_on_existing_run_is_refused(tmp_path):
+    make(tmp_path).run()
+    with pytest.raises(TodalError, match="different configuration \\(strategy: 'cod' there, 'random' now\\)"):
+        make(tmp_path, strategy="random", semi=True).run()
+
+
+def test_plan_larger_than_the_pool_is_refused():
+    with pytest.raises(TodalError, match="needs 170 labels .* training set has 150"):
+        ActiveLoop(mlp, blobs(150, 0), blobs(10, 1), initial=20, budget=50, cycles=4)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"budget": 1.5}, "'budget' parameter of ActiveLoop must be an int in \\[1, inf\\) or a float in \\(0, 1\\]. Got 1.5"),
+    ({"initial": 0}, "'initial' parameter .* Got 0"),
+    ({"initial": -0.1}, "'initial' parameter"),
+    ({"cycles": 0}, "'cycles' parameter of ActiveLoop must be an int >= 1"),
+    ({"strategy": "nope"}, "Unknown strategy 'nope'"),
+    ({"flavor": "fast"}, "'flavor' parameter of ActiveLoop must be one of paper, official"),
+])
+def test_bad_loop_arguments(kw, message):
+    with pytest.raises(TodalError, match=message):
+        ActiveLoop(mlp, blobs(150, 0), blobs(10, 1), **kw)
+
+
+def test_fractions_resolve_against_the_training_set(tmp_path):
+    loop = ActiveLoop(mlp, blobs(200, 0), blobs(10, 1), initial=0.1, budget=0.05, cycles=2, workdir=tmp_path)
+    assert (loop.config.initial, loop.config.budget) == (20, 10)
+
+
+@pytest.mark.parametrize("reinit", [False, True])
+def test_model_continues_across_cycles_unless_reinit(tmp_path, monkeypatch, reinit):
+    starts, ends = [], []
+    real = todal.loop.fit
+
+    def spy(model, *a, **k):
+        starts.append({n: t.clone() for n, t in model.state_dict().items()})
+        out = real(model, *a, **k)
+        ends.append({n: t.clone() for n, t in model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(todal.loop, "fit", spy)
+    make(tmp_path, reinit=reinit).run()
+    continued = all(torch.equal(starts[1][k], ends[0][k]) for k in ends[0])
+    assert continued != reinit
+
+
+def test_human_oracle_without_initial_labels_asks_for_them(tmp_path):
+    with pytest.raises(TodalError, match="label the samples in to_label.csv"):
+        ActiveLoop(mlp, blobs(150, 0), blobs(20, 1), initial=10, budget=10, cycles=2, workdir=tmp_path / "run",
+                   oracle=FileOracle(tmp_path)).run()
+    assert len((tmp_path / "to_label.csv").read_text().split()) == 11
+
+
+def test_human_oracle_pauses_at_reveal(tmp_path):
+    data = blobs(150, 0)
+    oracle_dir = tmp_path / "labels"
+    oracle_dir.mkdir()
+    kw = dict(strategy="random", semi_supervised=False, initial=10, budget=10, cycles=2, epochs=2,
+              workdir=tmp_path / "run", seed=0)
+    first = ActiveLoop(mlp, data, blobs(20, 1), **kw)
+    initial = first.config.initial
+    # label the initial set only
+    perm = torch.randperm(150, generator=todal.loop.generator(0, "initial"))[:initial]
+    (oracle_dir / "labels.csv").write_text("index,label\n" + "".join(f"{int(i)},{int(data.y[i])}\n" for i in perm))
+    records = ActiveLoop(mlp, data, blobs(20, 1), oracle=FileOracle(oracle_dir), **kw).run()
+    assert len(records) == 0  # cycle 0 trained and evaluated, waiting for the person
+    asked = [int(l) for l in (oracle_dir / "to_label.csv").read_text().split()[1:]]
+    assert len(asked) == 10
+    with open(oracle_dir / "labels.csv", "a") as f:
+        f.write("".join(f"{i},{int(data.y[i])}\n" for i in asked))
+    records = ActiveLoop(mlp, data, blobs(20, 1), oracle=FileOracle(oracle_dir), **kw).run()
+    assert [r["labeled"] for r in records] == [10, 20]
+    assert sorted(records[0]["selected"]) == sorted(asked)
