@@ -1,40 +1,8 @@
-"""Shared fixtures: tiny seeded data and models built in the test, no files outside tmp_path."""
-
-from __future__ import annotations
+"""Shared fixtures: every test that takes `seed` must pass for any seed."""
 
 import pytest
-import torch
-from torch import nn
 
-
-class TinyData:
-    """An in-memory dataset of float features `[N, D]` with `.batch()`, like todal's readers."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, name: str = "tiny"):
-        self.x, self.y, self.num_classes, self.name = x, y.long(), num_classes, name
-        self.in_channels = 1
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i], self.y[i]
-
-    def batch(self, idx):
-        return self.x[idx], self.y[idx]
-
-
-def blobs(n: int, seed: int, classes: int = 3, dim: int = 8, name: str = "tiny") -> TinyData:
-    """Gaussian blobs: separable enough that a linear model learns them in a few epochs."""
-    centers = torch.randn(classes, dim, generator=torch.Generator().manual_seed(1234)) * 3  # one task
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    x = centers[y] + torch.randn(n, dim, generator=g)
-    return TinyData(x, y, classes, name)
-
-
-def mlp(dim: int = 8, classes: int = 3) -> nn.Module:
-    return nn.Sequential(nn.Linear(dim, 16), nn.ReLU(), nn.Linear(16, classes))
+from tinydata import blobs
 
 
 @pytest.fixture(params=[0, 1])

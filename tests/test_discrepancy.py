@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyData
+from tinydata import TinyData
 from todal import output_discrepancy
 from todal.discrepancy import discrepancy, to_space
 from todal.errors import TodalError

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import blobs
+from tinydata import blobs
 from todal import ActiveLoop
 from todal.errors import TodalError
 from todal.flavor import flavor_for
@@ -82,7 +82,7 @@ def test_official_teacher_averages_parameters_only_and_runs_in_train_mode(tmp_pa
 
 
 def test_official_consistency_needs_two_heads(tmp_path):
-    from conftest import mlp
+    from tinydata import mlp
 
     with pytest.raises(TodalError, match="second_head=True"):
         _loop(tmp_path, "official", model=mlp).run()

@@ -12,7 +12,7 @@ import torch
 
 import todal.atomic
 import todal.loop
-from conftest import blobs, mlp
+from tinydata import blobs, mlp
 from todal import ActiveLoop
 from todal.errors import TodalError
 from todal.oracle import FileOracle
@@ -101,7 +101,7 @@ def test_resume_after_a_crash_mid_write(tmp_path, monkeypatch, target):
 SCRIPT = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
-    from conftest import blobs, mlp
+    from tinydata import blobs, mlp
     from todal import ActiveLoop
     loop = ActiveLoop(mlp, blobs(400, 0), blobs(60, 1), strategy="cod", initial=40, budget=20, cycles=4,
                       epochs=25, train={{"batch_size": 8, "lr": 0.05}}, workdir=sys.argv[1], seed=3)

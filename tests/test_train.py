@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import TinyData, blobs, mlp
+from tinydata import TinyData, blobs, mlp
 from todal import EMA, TrainConfig, fit
 from todal.errors import TodalError
 from todal.tasks import Classification

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import warnings
@@ -102,19 +101,19 @@ def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path) -> Ac
     d = defaults_for(args.dataset)
     train = {"epochs": args.epochs or d["epochs"], "batch_size": args.batch_size or d["batch_size"],
              "lr": args.lr or d["lr"], "optimizer": args.optimizer}
+    options = d["model_options"] if args.model in (None, d["model"]) else {}
     return ActiveLoop(args.model or d["model"], train_set, test_set, strategy=strategy, semi_supervised=semi,
                       initial=args.initial, budget=args.budget, cycles=args.cycles, workdir=workdir, seed=seed,
                       flavor=args.flavor, train=train, reinit=args.reinit, lam=args.lam,
                       ema_decay=args.ema_decay, score_subset=args.score_subset, device=args.device,
+                      model_options=options,
                       progress=not args.quiet)
 
 
-def _execute(loop: ActiveLoop, title: str, quiet: bool) -> list[dict]:
-    if not quiet:
-        print(f"== {title}  ({loop.workdir})", flush=True)
+def _execute(loop: ActiveLoop, title: str) -> list[dict]:
+    print(f"== {title}  ({loop.workdir})", flush=True)
     records = loop.run()
-    if not quiet:
-        print(run_table(records), flush=True)
+    print(run_table(records), flush=True)
     return records
 
 
@@ -145,7 +144,7 @@ def cmd_run(args, argv) -> None:
         label = _label(strategy, semi)
         stem = f"{Path(args.dataset).stem}-{label}-seed{args.seed}"
         workdir = (root if i == 0 else root / f"baseline-{label}") if root else Path("runs") / stem
-        records = _execute(_loop(args, data, strategy, semi, args.seed, workdir), label, args.quiet)
+        records = _execute(_loop(args, data, strategy, semi, args.seed, workdir), label)
         summaries[label] = summarize({args.seed: records})
     out = root or Path("runs") / f"{Path(args.dataset).stem}-{_label(name, args.semi)}-seed{args.seed}"
     _write_outputs(out, summaries, args, argv)
@@ -165,7 +164,7 @@ def cmd_compare(args, argv) -> None:
         per_seed = {}
         for seed in args.seeds:
             loop = _loop(args, data, strategy, semi, seed, out / f"{label}-seed{seed}")
-            per_seed[seed] = _execute(loop, f"{label} seed {seed}", args.quiet)
+            per_seed[seed] = _execute(loop, f"{label} seed {seed}")
         summaries[label] = summarize(per_seed)
         _write_outputs(out, summaries, args, argv)  # partial results survive an interruption
     print(compare_table(summaries))

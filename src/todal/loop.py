@@ -89,6 +89,7 @@ class LoopConfig:
     ema_decay: float
     train: dict
     model: str
+    model_options: dict
     dataset: dict
     eval_batch_size: int = 512
     version: int = 1
@@ -101,7 +102,8 @@ class ActiveLoop:
     """Active learning with TOD (or any registered strategy) on a training and a test set.
 
     Args:
-        model_fn: a model name of `todal.models` or a callable returning a fresh `nn.Module`.
+        model_fn: a model name of `todal.models` (built with `model_options`) or a callable
+            returning a fresh `nn.Module`.
         train_set, test_set: indexable datasets of `(x, y)`; indices of `train_set` identify samples.
         strategy: a strategy name or instance. semi_supervised: add the TOD loss of Eq. 7 (Eq. 9).
         initial, budget: fractions of the training set in (0, 1] or counts.
@@ -121,7 +123,8 @@ class ActiveLoop:
                  task: str = "classification", flavor: str = "paper", flavor_overrides: dict | None = None,
                  train: TrainConfig | dict | None = None, reinit: bool = False, lam: float | None = None,
                  ema_decay: float = 0.999, score_subset: int | None = None, strategy_options: dict | None = None,
-                 oracle=None, device: str | torch.device | None = None, num_classes: int | None = None,
+                 model_options: dict | None = None, oracle=None, device: str | torch.device | None = None,
+                 num_classes: int | None = None,
                  eval_batch_size: int = 512, progress: bool = False):
         owner = "ActiveLoop"
         n = len(train_set)
@@ -166,7 +169,8 @@ class ActiveLoop:
             strategy=self.strategy.name, strategy_options=strategy_options or {},
             semi_supervised=bool(semi_supervised), initial=init, budget=step, cycles=cycles, seed=seed,
             task=task, flavor=asdict(fl), reinit=bool(reinit), ema_decay=float(ema_decay),
-            train=tc.to_dict(), model=str(model_id), eval_batch_size=eval_batch_size,
+            train=tc.to_dict(), model=str(model_id), model_options=dict(model_options or {}),
+            eval_batch_size=eval_batch_size,
             dataset={"name": dataset_name, "train_size": n, "test_size": len(test_set),
                      "num_classes": self.num_classes})
         self.train_cfg = tc
@@ -213,7 +217,8 @@ class ActiveLoop:
                 from . import models
 
                 return models.get(self.model_fn, in_channels=getattr(self.train_set, "in_channels", 1),
-                                  num_classes=self.num_classes, second_head=second)
+                                  num_classes=self.num_classes, second_head=second,
+                                  **self.config.model_options)
             return self.model_fn()
 
     def _ema(self, model: nn.Module) -> EMA | None:

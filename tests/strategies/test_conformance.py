@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import blobs, mlp
+from tinydata import blobs, mlp
 from todal import strategies
 from todal.ema import EMA
 from todal.strategies import Context

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TinyData
+from tinydata import TinyData
 from todal import strategies
 from todal.flavor import flavor_for
 from todal.strategies import Context, top_k

@@ -1,0 +1,131 @@
+"""Models by name (`get`, `names`, `register`) and the feature access strategies need (`embed`)."""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import TodalError
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    """Decorator: make a model builder available to `get(name)`."""
+
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get(name: str, *, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
+    """A fresh model. Every built-in model has `embed(x)`, `head`, `feature_layers`, and options
+    `second_head` (the official TOD code's extra linear head) and `dropout` (before the head)."""
+    if name not in _REGISTRY:
+        raise TodalError(f"Unknown model {name!r}. Valid: {', '.join(_REGISTRY)}.")
+    return _REGISTRY[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+
+
+class Classifier(nn.Module, abc.ABC):
+    """Trunk -> pooled features -> (dropout) -> linear head(s): what every built-in model is."""
+
+    feature_layers: list[str] = []
+
+    def __init__(self, embed_dim: int, num_classes: int, *, second_head: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.head2 = nn.Linear(embed_dim, num_classes) if second_head else None
+
+    @abc.abstractmethod
+    def trunk(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, D) pooled features."""
+
+    def embed(self, x: Tensor) -> Tensor:
+        return self.trunk(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.drop(self.trunk(x)))
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Main and second head on one trunk pass (the official TOD consistency loss)."""
+        if self.head2 is None:
+            raise TodalError(f"{type(self).__name__} has no second head; build it with second_head=True.")
+        h = self.drop(self.trunk(x))
+        return self.head(h), self.head2(h)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    """The final linear layer: the model's `head`, else its last `nn.Linear`."""
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Linear):
+        return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise TodalError(f"{type(model).__name__} has no nn.Linear layer to take features from; give the "
+                         "model an embed(x) method returning (B, D) features.")
+    return linears[-1]
+
+
+def embed(model: nn.Module, x: Tensor) -> Tensor:
+    """Penultimate features `[B, D]`: `model.embed(x)`, else the input of the final linear layer."""
+    if hasattr(model, "embed"):
+        return model.embed(x)
+    captured = []
+    handle = head_of(model).register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return captured[0].flatten(1)
+
+
+def with_dropout(model: nn.Module, p: float) -> nn.Module:
+    """A copy of `model` with dropout `p` before its final linear layer (for MC-Dropout).
+
+    Built-in models get their `drop` set; any other model has its last `nn.Linear` replaced by
+    `Sequential(Dropout(p), linear)`. The input model is not changed.
+    """
+    out = copy.deepcopy(model)
+    if isinstance(out, Classifier):
+        out.drop = nn.Dropout(p)
+        return out
+    target = head_of(out)
+    for parent in out.modules():
+        for name, child in parent.named_children():
+            if child is target:
+                setattr(parent, name, nn.Sequential(nn.Dropout(p), target))
+                return out
+    raise TodalError(f"could not find the final linear layer of {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def dropout_active(model: nn.Module):
+    """Eval mode for everything (BatchNorm uses running statistics) except Dropout layers."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.train()
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+
+
+from . import resnet, small_cnn  # noqa: E402,F401  (register the built-in models)
+
+__all__ = ["Classifier", "dropout_active", "embed", "get", "head_of", "names", "register", "with_dropout"]

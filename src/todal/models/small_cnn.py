@@ -1,0 +1,36 @@
+"""A small CNN sized for 2 CPU cores: 8x8 digits, 28x28 Fashion-MNIST, 32x32 CIFAR."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from . import Classifier, register
+
+
+def _stage(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SmallCNN(Classifier):
+    """Three conv stages (32, 64, 128 channels x width), 2x2 max-pool after the first two,
+    global average pool -> embedding of 128·width -> linear head."""
+
+    feature_layers = ["stage1", "stage2", "stage3"]
+
+    def __init__(self, in_channels: int, num_classes: int, *, width: float = 1.0, **kw):
+        c1, c2, c3 = (max(4, int(round(c * width))) for c in (32, 64, 128))
+        super().__init__(c3, num_classes, **kw)
+        self.stage1, self.stage2, self.stage3 = _stage(in_channels, c1), _stage(c1, c2), _stage(c2, c3)
+        self.pool = nn.MaxPool2d(2)
+
+    def trunk(self, x: Tensor) -> Tensor:
+        x = self.pool(self.stage1(x))  # (B, c1, H/2, W/2)
+        x = self.pool(self.stage2(x))  # (B, c2, H/4, W/4)
+        x = self.stage3(x)  # (B, c3, H/4, W/4)
+        return x.mean(dim=(2, 3))  # (B, c3)
+
+
+@register("small_cnn")
+def small_cnn(*, in_channels: int, num_classes: int, **kw) -> SmallCNN:
+    return SmallCNN(in_channels, num_classes, **kw)

@@ -1,0 +1,73 @@
+"""The command line: thin over the library, one-line errors with exit code 2, outputs on disk."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from todal.cli import main
+
+FAST = ["--cycles", "2", "--epochs", "1", "--initial", "60", "--budget", "30", "--quiet"]
+
+
+def test_strategies_lists_every_strategy(capsys):
+    from todal import strategies
+
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in strategies.names()) and "ICCV 2021" in out
+
+
+def test_run_writes_results_plot_and_table(tmp_path, capsys):
+    assert main(["run", "--workdir", str(tmp_path / "r"), *FAST]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert set(res["strategies"]) == {"cod+semi", "random"}
+    assert (tmp_path / "r" / "learning_curve.png").stat().st_size > 1000
+    assert "acc %" in out and "AUBC" in out
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_compare_aggregates_seeds(tmp_path, capsys):
+    assert main(["compare", "--strategies", "random,cod+semi", "--seeds", "0,1", "--out", str(tmp_path), *FAST]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["strategies"]["random"]["seeds"] == [0, 1]
+    assert "±" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--dataset", "fmnistt"], "Unknown dataset 'fmnistt'"),
+    (["run", "--strategy", "codd"], "Unknown strategy 'codd'"),
+    (["run", "--budget", "1.5"], "'budget' parameter of ActiveLoop"),
+    (["run", "--initial", "5000"], "needs"),
+    (["run", "--model", "vgg"], "vgg"),
+    (["compare", "--strategies", "cod+semii"], "NAME or NAME\\+semi"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    assert main([*args, "--workdir" if args[0] == "run" else "--out", str(tmp_path / "w"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("todal: error: ") and len(err.strip().splitlines()) == 1
+    assert __import__("re").search(message, err)
+
+
+def test_corrupted_pool_is_refused_and_kept(tmp_path, capsys):
+    work = tmp_path / "r"
+    assert main(["run", "--workdir", str(work), "--baseline", "none", *FAST]) == 0
+    (work / "pool.json").write_text('{"format": "todal.pool", "version": 1, "size"')
+    assert main(["run", "--workdir", str(work), "--baseline", "none", *FAST]) == 2
+    assert "pool.json is corrupted" in capsys.readouterr().err
+    assert (work / "pool.json").read_text().endswith('"size"')  # nothing overwritten
+
+
+def test_different_config_on_a_run_directory_exits_2(tmp_path, capsys):
+    work = str(tmp_path / "r")
+    assert main(["run", "--workdir", work, "--baseline", "none", *FAST]) == 0
+    assert main(["run", "--workdir", work, "--baseline", "none", "--seed", "1", *FAST]) == 2
+    assert "different configuration (seed: 0 there, 1 now)" in capsys.readouterr().err
+
+
+def test_console_script_has_no_traceback_on_bad_input(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "todal.cli", "run", "--dataset", "nope.npz", "--quiet",
+                           "--workdir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("todal: error:")
