@@ -33,7 +33,7 @@ def test_compare_aggregates_seeds(tmp_path, capsys):
     assert main(["compare", "--strategies", "random,cod+semi", "--seeds", "0,1", "--out", str(tmp_path), *FAST]) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["strategies"]["random"]["seeds"] == [0, 1]
-    assert "±" in capsys.readouterr().out
+    assert "±" in capsys.readouterr().out  # two seeds: mean ± std
 
 
 @pytest.mark.parametrize("args, message", [

@@ -104,7 +104,7 @@ SCRIPT = textwrap.dedent("""
     from tinydata import blobs, mlp
     from todal import ActiveLoop
     loop = ActiveLoop(mlp, blobs(400, 0), blobs(60, 1), strategy="cod", initial=40, budget=20, cycles=4,
-                      epochs=25, train={{"batch_size": 8, "lr": 0.05}}, workdir=sys.argv[1], seed=3)
+                      epochs=10, train={{"batch_size": 8, "lr": 0.05}}, workdir=sys.argv[1], seed=3)
     loop.run()
 """)
 

@@ -11,7 +11,7 @@ PAPER = {"model": "resnet18", "model_options": {}, "epochs": 200, "batch_size": 
 
 PRESETS = {
     # The embedded demo: sklearn digits (1,257 training images of 8x8), minutes on 2 cores.
-    "digits": {"model": "small_cnn", "model_options": {}, "epochs": 30, "batch_size": 32, "lr": 0.05},
+    "digits": {"model": "small_cnn", "model_options": {}, "epochs": 20, "batch_size": 32, "lr": 0.05},
     # Fashion-MNIST on a CPU: the protocol of benchmarks/fashion-mnist-core.
     "fashion-mnist": {"model": "small_cnn", "model_options": {"width": 0.5}, "epochs": 12, "batch_size": 64,
                       "lr": 0.05},

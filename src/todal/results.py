@@ -65,16 +65,19 @@ def run_table(records: list[dict]) -> str:
 
 
 def compare_table(summaries: dict[str, dict]) -> str:
-    """Accuracy mean ± std per cycle, one column per strategy."""
+    """Accuracy mean ± std per cycle (std only with several seeds), one column per strategy."""
     names = list(summaries)
     first = summaries[names[0]]["cycles"]
     rows = []
     for c, base in enumerate(first):
         row = [c, f"{100 * base['labeled_fraction']:.1f}%"]
         for name in names:
-            cyc = summaries[name]["cycles"]
-            row.append(f"{100 * cyc[c]['accuracy_mean']:.2f} ± {100 * cyc[c]['accuracy_std']:.2f}"
-                       if c < len(cyc) else "-")
+            cyc, spread = summaries[name]["cycles"], len(summaries[name]["seeds"]) > 1
+            cell = "-"
+            if c < len(cyc):
+                cell = f"{100 * cyc[c]['accuracy_mean']:.2f}"
+                cell += f" ± {100 * cyc[c]['accuracy_std']:.2f}" if spread else ""
+            row.append(cell)
         rows.append(row)
     rows.append(["AUBC", ""] + [f"{100 * summaries[n]['aubc']:.2f}" for n in names])
     return format_table(["cycle", "% labeled"] + names, rows)
