@@ -76,3 +76,15 @@ def test_consistency_without_teacher_is_refused():
 def test_bad_train_config_is_one_clear_error():
     with pytest.raises(TodalError, match=r"The 'epochs' parameter of TrainConfig must be an int >= 1. Got 0."):
         TrainConfig(epochs=0)
+
+
+def test_evaluate_by_hand():
+    from todal.train import evaluate
+
+    # logits are the inputs: predictions 0, 1, 1 for labels 0, 1, 0 -> accuracy 2/3
+    x = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    ds = TinyData(x, torch.tensor([0, 1, 0]), 2)
+    m = evaluate(nn.Identity(), Classification(2), ds, batch_size=2)
+    expected_loss = F.cross_entropy(x, torch.tensor([0, 1, 0])).item()
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["loss"] == pytest.approx(expected_loss)
+    assert m["per_class_accuracy"] == [0.5, 1.0]

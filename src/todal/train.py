@@ -141,10 +141,11 @@ def fit(
                     out, out2 = model.heads(x)
                 else:
                     out = model(x)
-                per_sample = task.per_sample_loss(out, y)
                 loss = task.loss(out, y)  # Eq. 8
-                for obj in objectives:
-                    loss = loss + obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
+                if objectives:
+                    per_sample = task.per_sample_loss(out, y)
+                    for obj in objectives:
+                        loss = loss + obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
                 if consistency is not None:
                     xu = augment(fetch(dataset, unl.next())[0]).to(device)
                     teacher.train(teacher_train_mode)
@@ -176,14 +177,17 @@ def fit(
 def evaluate(model: nn.Module, task: Task, dataset, *, batch_size: int = 256,
              transform: Transform | None = None, device: torch.device | str | None = None) -> dict:
     """Test metrics in one pass: accuracy, mean loss, per-class accuracy (eval mode)."""
-    from .inference import predict
+    from .inference import chunks, eval_mode, test_transform
 
+    device = torch.device(device or "cpu")
+    transform = transform or test_transform(dataset)
     conf = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
     loss_sum, count = 0.0, 0
-    for idx, out in predict(model, dataset, torch.arange(len(dataset)), transform=transform,
-                            batch_size=batch_size, device=device):
-        y = fetch(dataset, idx)[1]
-        loss_sum += float(task.per_sample_loss(out, y).sum())
-        count += len(idx)
-        conf += task.confusion(out, y)
+    with eval_mode(model):
+        for idx in chunks(torch.arange(len(dataset)), batch_size):
+            x, y = fetch(dataset, idx)
+            out = model(transform(x).to(device)).float().cpu()
+            loss_sum += float(task.per_sample_loss(out, y).sum())
+            count += len(idx)
+            conf += task.confusion(out, y)
     return task.metrics(conf, loss_sum, count)
