@@ -143,7 +143,7 @@ def report(out: Path, summaries: dict, per_run: dict, times: dict | None, comman
     done = sum(len(v) for v in per_run.values())
     status = ("" if done >= expected else f"**Partial: {done} of {expected} runs (4 methods x 3 seeds) finished; "
               "re-run the command to complete the rest (finished runs are skipped).**\n")
-    lines = [f"# Fashion-MNIST, `cpu` protocol: core strategies\n", status,
+    lines = ["# Fashion-MNIST, `cpu` protocol: core strategies\n", status,
              f"Produced by `{command}` (numbers below are copied from `results.json` by that script).\n",
              "Protocol: small CNN (16/32/64 channels), 12 epochs per cycle, batch 64, SGD lr 0.05; start 1,000 "
              "labels, +500 per cycle, 7 cycles; the whole unlabeled pool scored; α 0.999, λ 0.05. "

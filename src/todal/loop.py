@@ -17,12 +17,11 @@ Run directory:
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +32,7 @@ from .atomic import torch_save, write_json, write_jsonl
 from .ema import EMA
 from .errors import TodalError, param_error
 from .flavor import Flavor, flavor_for
-from .inference import fetch, test_transform
+from .inference import fetch
 from .oracle import SimulatedOracle
 from .pool import Pool
 from .strategies import Context, Strategy
@@ -279,7 +278,7 @@ class ActiveLoop:
         pool = self._start()
         while True:
             prog = self._read_json("progress.json")
-            c, stage = prog["cycle"], prog["stage"]
+            stage = prog["stage"]
             if stage == "done":
                 return self.records()
             if stage == "reveal" and not self._reveal(pool, prog):

@@ -7,7 +7,6 @@ import contextlib
 import copy
 from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import TodalError
