@@ -71,3 +71,32 @@ def test_console_script_has_no_traceback_on_bad_input(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "todal.cli", "run", "--dataset", "nope.npz", "--quiet",
                            "--workdir", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("todal: error:")
+
+
+def test_strategy_options_reach_the_strategy_and_scope_by_name(tmp_path):
+    from todal.cli import _options
+
+    pairs = ["space=logits", "random.x=1", "cod.cache=false"]
+    assert _options(pairs, "cod") == {"space": "logits", "cache": False}
+    assert _options(pairs, "random") == {"space": "logits", "x": 1}
+    work = tmp_path / "r"
+    assert main(["run", "--workdir", str(work), "--baseline", "none", "--option", "space=logits", *FAST]) == 0
+    assert json.loads((work / "config.json").read_text())["strategy_options"] == {"space": "logits"}
+
+
+def test_bad_strategy_option_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["run", "--workdir", str(tmp_path / "r"), "--option", "spce=logits", *FAST]) == 2
+    assert "'spce' parameter of strategy 'cod'" in capsys.readouterr().err
+    assert main(["run", "--workdir", str(tmp_path / "s"), "--option", "novalue", *FAST]) == 2
+    assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_compare_all_runs_every_registered_strategy(tmp_path, monkeypatch):
+    import todal.cli
+    from todal import strategies
+
+    ran = []
+    fake = [{"cycle": 0, "labeled": 60, "labeled_fraction": 0.05, "accuracy": 0.5, "loss": 1.0}]
+    monkeypatch.setattr(todal.cli, "_execute", lambda loop, title: ran.append(title) or fake)
+    assert main(["compare", "--strategies", "all", "--seeds", "0", "--out", str(tmp_path), *FAST]) == 0
+    assert ran == [f"{name} seed 0" for name in strategies.names()] + ["cod+semi seed 0"]

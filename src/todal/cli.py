@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import warnings
@@ -54,6 +55,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-subset", type=int, default=None, help="score this many random unlabeled samples")
     p.add_argument("--reinit", action="store_true", help="re-initialize the model every cycle")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
+                   help="a strategy option, e.g. --option passes=10, or NAME.KEY=VALUE for one strategy only "
+                        "(--option mc_dropout.passes=10); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -84,6 +88,25 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _options(pairs: list[str], strategy: str) -> dict:
+    """The options of `strategy` among ['passes=10', 'mc_dropout.p=0.3', ...]: unscoped keys apply to
+    every strategy, NAME.KEY only to NAME; values are parsed as JSON when they can be."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise TodalError(f"Strategy option {pair!r} is not KEY=VALUE; write e.g. --option passes=10.")
+        scope, dot, name = key.rpartition(".")
+        if dot and scope != strategy:
+            continue
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
 def _spec(text: str) -> tuple[str, bool]:
     name, _, suffix = text.strip().partition("+")
     if suffix not in ("", "semi"):
@@ -106,7 +129,7 @@ def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path) -> Ac
                       initial=args.initial, budget=args.budget, cycles=args.cycles, workdir=workdir, seed=seed,
                       flavor=args.flavor, train=train, reinit=args.reinit, lam=args.lam,
                       ema_decay=args.ema_decay, score_subset=args.score_subset, device=args.device,
-                      model_options=options,
+                      model_options=options, strategy_options=_options(args.options, strategy) or None,
                       progress=not args.quiet)
 
 
@@ -176,6 +199,9 @@ def cmd_strategies(args, argv) -> None:
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {r['description']}  [{r['reference']}]")
+        if r["options"]:
+            opts = ", ".join(f"{k}={v!r}" for k, v in r["options"].items())
+            print(f"{'':<{width}}  options: {opts}")
 
 
 def main(argv: list[str] | None = None) -> int:

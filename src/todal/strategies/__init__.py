@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ..errors import TodalError
+import inspect
+
+from ..errors import TodalError, param_error
 from .base import Context, ScoreStrategy, Strategy, top_k
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -18,20 +20,48 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+def _init_params(name: str) -> dict[str, inspect.Parameter]:
+    """Keyword options of strategy `name`, following `**kwargs` up the class hierarchy."""
+    out: dict[str, inspect.Parameter] = {}
+    for cls in _REGISTRY[name].__mro__:
+        if "__init__" not in vars(cls) or cls is Strategy:
+            continue
+        params = inspect.signature(cls.__init__).parameters.values()
+        out.update({p.name: p for p in params if p.name not in out and p.name != "self" and
+                    p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)})
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def options_of(name: str) -> list[str]:
+    """The keyword options strategy `name` takes."""
+    return list(_init_params(name))
+
+
 def get(name: str, **options) -> Strategy:
-    """A fresh strategy; unknown names list the valid ones."""
+    """A fresh strategy; unknown names list the valid ones, unknown options the valid options."""
     if name not in _REGISTRY:
         raise TodalError(f"Unknown strategy {name!r}. Valid: {', '.join(_REGISTRY)}.")
+    valid = options_of(name)
+    for key, value in options.items():
+        if key not in valid:
+            raise param_error(key, f"strategy {name!r}", "a known option" + (f" ({', '.join(valid)})" if valid else ""),
+                              value, "See `todal strategies` for the options.")
     return _REGISTRY[name](**options)
 
 
 def describe() -> list[dict]:
-    """Name, one-line description and reference of every strategy, in registration order."""
-    return [{"name": c.name, "description": c.description, "reference": c.reference}
-            for c in _REGISTRY.values()]
+    """Name, one-line description, reference and options (with defaults) of every strategy."""
+    out = []
+    for name, c in _REGISTRY.items():
+        out.append({"name": name, "description": c.description, "reference": c.reference,
+                    "options": {k: p.default for k, p in _init_params(name).items()}})
+    return out
 
 
 # Registration order is the order `todal strategies` lists them in.
 from . import random, uncertainty, discrepancy  # noqa: E402,F401
+from . import coreset, bayesian, learning_loss, adversarial, graph, committee, badge  # noqa: E402,F401
 
 __all__ = ["Context", "Strategy", "ScoreStrategy", "top_k", "register", "get", "names", "describe"]
