@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import check_choice, param_error
+from .errors import TodalError, check_choice, param_error
 
 
 class Task:
@@ -81,7 +81,58 @@ class Classification(Task):
     name = "classification"
 
 
-TASKS = {"classification": Classification}
+class Segmentation(Task):
+    """Per-pixel classification: outputs `[N, C, H, W]`, labels `[N, H, W]`, 255 = ignored pixel.
+
+    The loss is the per-pixel cross-entropy over the valid pixels; per-sample reductions (the
+    discrepancy of Eq. 1 and Eq. 5, uncertainty maps) sum over pixels, or average with
+    `reduction="mean"`. Metrics come from one confusion matrix accumulated over the test set.
+    """
+
+    name = "segmentation"
+
+    def __init__(self, num_classes: int, *, reduction: str = "sum", ignore_index: int = 255):
+        super().__init__(num_classes, reduction=reduction, ignore_index=ignore_index)
+
+    def confusion(self, out: Tensor, y: Tensor) -> Tensor:
+        """Confusion matrix `[C, C]` of one batch over the valid pixels (labels other than 255)."""
+        valid = y[y != self.ignore_index]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.num_classes):
+            bad = int(valid.max()) if int(valid.max()) >= self.num_classes else int(valid.min())
+            raise TodalError(f"A label map holds {bad}, outside [0, {self.num_classes}) and not the ignore "
+                             f"index {self.ignore_index}; remap the labels or pass a larger num_classes.")
+        return super().confusion(out, y)
+
+    def metrics(self, confusion: Tensor, loss_sum: float, count: int) -> dict:
+        """mIoU, per-class IoU, pixel accuracy, mean loss and per-class pixel proportions.
+
+        IoU_c = TP_c / (TP_c + FP_c + FN_c) from the `[C, C]` confusion matrix (rows: truth). A class
+        absent from both the truth and the predictions has no IoU (None) and is left out of the mIoU,
+        as in the DRN evaluation (nanmean). "accuracy" is the pixel accuracy, so tables that read
+        accuracy keep working; "class_proportion" is each class's share of the valid truth pixels
+        (Table 2's "Proportion" row).
+        """
+        conf = confusion.double()
+        tp = conf.diag()
+        support, predicted = conf.sum(1), conf.sum(0)
+        union = support + predicted - tp
+        present = union > 0
+        iou = tp / union.clamp_min(1)
+        total = conf.sum().clamp_min(1)
+        pixel_acc = float(tp.sum() / total)
+        miou = float(iou[present].mean()) if bool(present.any()) else 0.0
+        return {
+            "accuracy": pixel_acc,
+            "pixel_accuracy": pixel_acc,
+            "miou": miou,
+            "loss": loss_sum / max(count, 1),
+            "per_class_iou": [round(float(v), 6) if p else None for v, p in zip(iou, present)],
+            "per_class_accuracy": [round(float(v), 6) for v in tp / support.clamp_min(1)],
+            "class_proportion": [round(float(v), 6) for v in support / total],
+        }
+
+
+TASKS = {"classification": Classification, "segmentation": Segmentation}
 
 
 def get_task(name: str, num_classes: int, **kwargs) -> Task:

@@ -6,12 +6,13 @@ from todal.errors import TodalError
 
 
 def test_names():
-    assert dataset_names() == ["cifar10", "cifar100", "digits", "fashion-mnist", "folder", "svhn"]
+    assert dataset_names() == ["cifar10", "cifar100", "cityscapes", "digits", "fashion-mnist",
+                               "fashion-mnist-scenes", "folder", "svhn"]
 
 
 def test_unknown_name_lists_valid_ones():
-    with pytest.raises(TodalError, match=r"Unknown dataset 'fmnist'\. Valid: cifar10, cifar100, digits, "
-                                         r"fashion-mnist, folder, svhn; or a path to a .npz file or an image folder\."):
+    with pytest.raises(TodalError, match=r"Unknown dataset 'fmnist'\. Valid: cifar10, cifar100, cityscapes, "
+                                         r"digits, fashion-mnist, fashion-mnist-scenes, folder, svhn; or a path to a .npz file or an image folder\."):
         load_dataset("fmnist")
 
 

@@ -9,10 +9,12 @@ from typing import Callable
 from ..errors import TodalError
 from .arrays import ArrayDataset
 from .cifar import read_cifar10, read_cifar100
+from .cityscapes import read_cityscapes
 from .digits import read_digits
 from .fashion_mnist import read_fashion_mnist
 from .folder import read_image_folder
 from .npz import read_npz
+from .scenes import read_fashion_mnist_scenes
 from .svhn import read_svhn
 
 Reader = Callable[..., tuple[ArrayDataset, ArrayDataset]]
@@ -32,6 +34,8 @@ _REGISTRY: dict[str, Reader] = {
     "cifar100": read_cifar100,
     "svhn": read_svhn,
     "folder": _folder,
+    "fashion-mnist-scenes": read_fashion_mnist_scenes,
+    "cityscapes": read_cityscapes,
 }
 
 

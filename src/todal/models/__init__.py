@@ -128,3 +128,4 @@ def dropout_active(model: nn.Module):
 from . import resnet, small_cnn  # noqa: E402,F401  (register the built-in models)
 
 __all__ = ["Classifier", "dropout_active", "embed", "get", "head_of", "names", "register", "with_dropout"]
+from . import segmentation  # noqa: E402,F401  (register the segmentation models)
