@@ -198,3 +198,10 @@ def test_human_oracle_pauses_at_reveal(tmp_path):
     records = ActiveLoop(mlp, data, blobs(20, 1), oracle=FileOracle(oracle_dir), **kw).run()
     assert [r["labeled"] for r in records] == [10, 20]
     assert sorted(records[0]["selected"]) == sorted(asked)
+
+
+def test_keep_checkpoints_keeps_every_cycle(tmp_path):
+    make(tmp_path / "a", keep_checkpoints=True).run()
+    make(tmp_path / "b").run()
+    assert {p.name for p in (tmp_path / "a" / "checkpoints").glob("cycle_*.pt")} == {"cycle_0.pt", "cycle_1.pt", "cycle_2.pt"}
+    assert {p.name for p in (tmp_path / "b" / "checkpoints").glob("cycle_*.pt")} == {"cycle_1.pt", "cycle_2.pt"}

@@ -114,6 +114,8 @@ class ActiveLoop:
         lam, ema_decay: λ of Eq. 9 (None: the flavor's) and α of Eq. 6.
         score_subset: score only this many random unlabeled samples (None: the flavor's).
         oracle: who labels (default: the dataset's own labels).
+        keep_checkpoints: keep every cycle's checkpoint (analyses across cycles); by default only the
+            last two are kept, which is all that resuming and COD need.
     """
 
     def __init__(self, model_fn: str | Callable[[], nn.Module], train_set, test_set, *,
@@ -124,7 +126,7 @@ class ActiveLoop:
                  ema_decay: float = 0.999, score_subset: int | None = None, strategy_options: dict | None = None,
                  model_options: dict | None = None, oracle=None, device: str | torch.device | None = None,
                  num_classes: int | None = None,
-                 eval_batch_size: int = 512, progress: bool = False):
+                 eval_batch_size: int = 512, progress: bool = False, keep_checkpoints: bool = False):
         owner = "ActiveLoop"
         n = len(train_set)
         if n < 2:
@@ -162,6 +164,7 @@ class ActiveLoop:
         self.oracle = oracle or SimulatedOracle(train_set)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.progress = progress
+        self.keep_checkpoints = bool(keep_checkpoints)
         self.needs_ema = semi_supervised or self.strategy.needs_ema
         model_id = model_fn if isinstance(model_fn, str) else getattr(model_fn, "__qualname__", repr(model_fn))
         self.config = LoopConfig(
@@ -309,8 +312,9 @@ class ActiveLoop:
         torch_save(self._ckpt(f"cycle_{c}.pt"), {"model": model.state_dict(),
                                                  "ema": ema.state_dict() if ema else None,
                                                  "strategy": self.strategy.state_dict()})
-        for old in (f"cycle_{c - 2}.pt", f"strategy_{c - 2}.pt"):  # COD needs one cycle back, no more
-            self._ckpt(old).unlink(missing_ok=True)
+        if not self.keep_checkpoints:
+            for old in (f"cycle_{c - 2}.pt", f"strategy_{c - 2}.pt"):  # COD needs one cycle back, no more
+                self._ckpt(old).unlink(missing_ok=True)
         self._advance(prog, "evaluate", train_loss=stats["loss"], train_steps=stats["steps"],
                       train_time_s=round(stats["time_s"], 4))
 
