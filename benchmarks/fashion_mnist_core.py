@@ -131,7 +131,9 @@ def timings(train, test, work: Path, device: str = "cpu") -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
 def paired(summaries_runs: dict, a: str, b: str, key: str) -> dict:
