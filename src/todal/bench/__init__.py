@@ -1,0 +1,9 @@
+"""`todal bench`: the paper's experiments under a named protocol, and a self-contained report."""
+
+from .analysis import bucket_means, paired, rankdata, recall_at, spearman, verdict
+from .protocols import PROTOCOLS, Protocol, differences, protocol
+from .runner import Method, plan
+from .suite import run_bench
+
+__all__ = ["Method", "PROTOCOLS", "Protocol", "bucket_means", "differences", "paired", "plan", "protocol",
+           "rankdata", "recall_at", "run_bench", "spearman", "verdict"]

@@ -1,0 +1,246 @@
+"""The numbers behind the report: loss-estimation analyses (Fig. 3, 5, 6), paired comparisons,
+selection cost (Table 3) and per-class accuracy (Fig. 11).
+
+The pure functions (`rankdata`, `spearman`, `recall_at`, `bucket_means`, `paired`, `verdict`) work
+on tensors or lists and are tested on hand-computed cases; `loss_estimation` runs them over the
+checkpoints of a run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..atomic import write_json
+from ..discrepancy import discrepancy, to_space
+from ..inference import fetch, predict
+from ..loop import ActiveLoop, derive_seed
+from ..pool import Pool
+from ..results import aubc
+from ..strategies import Context
+from ..strategies.uncertainty import entropy_score
+
+FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)  # k of Fig. 6, as a fraction of the pool
+EDGES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # Fig. 5's rank buckets: 0-5%, 5-10%, ...
+
+
+# --- pure statistics -------------------------------------------------------------------------------
+def rankdata(x: Tensor) -> Tensor:
+    """1-based ranks `[n]`, ties get the mean of the ranks they span (as scipy's 'average')."""
+    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)  # unique sorts
+    last = counts.cumsum(0).double()
+    return (last - (counts.double() - 1) / 2)[inverse]
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman's rank correlation of two `[n]` tensors (Pearson's r of average ranks); nan if constant."""
+    ra, rb = rankdata(a.flatten()), rankdata(b.flatten())
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = ra.norm() * rb.norm()
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+def _order(scores: Tensor) -> Tensor:
+    """Positions by descending score, ties in index order (as `top_k`)."""
+    return torch.sort(scores.double(), descending=True, stable=True).indices
+
+
+def recall_at(scores: Tensor, losses: Tensor, fractions=FRACTIONS) -> list[float]:
+    """Fig. 6: for each k = ceil(f·n), the fraction of the k highest-loss samples among the k highest scores."""
+    n = len(scores)
+    loss_rank = torch.empty(n, dtype=torch.long)
+    loss_rank[_order(losses)] = torch.arange(n)  # 0 = highest loss
+    by_score = loss_rank[_order(scores)]  # (n,) loss rank of the samples in score order
+    out = []
+    for f in fractions:
+        k = max(1, -(-int(round(f * n * 1e6)) // 1_000_000))  # ceil, robust to 0.07 * 100 = 7.000000000000001
+        out.append(float((by_score[:k] < k).sum()) / k)
+    return out
+
+
+def bucket_means(scores: Tensor, losses: Tensor, edges=EDGES) -> list[float]:
+    """Fig. 5: mean loss of the samples in each score-rank bucket, highest scores first
+    (edges 0.05, 0.1: "0-5%", "5-10%", ...); a bucket is [round(lo·n), round(hi·n)); nan if empty."""
+    n = len(scores)
+    sorted_losses = losses.double()[_order(scores)]
+    cuts = [0] + [int(round(e * n)) for e in edges]
+    return [float(sorted_losses[a:b].mean()) if b > a else float("nan") for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+def bucket_names(edges=EDGES) -> list[str]:
+    lo = (0.0,) + tuple(edges[:-1])
+    return [f"{100 * a:g}-{100 * b:g}%" for a, b in zip(lo, edges)]
+
+
+def run_metric(records: list[dict], metric: str) -> float:
+    """One number per run: 'final' accuracy, 'mean' accuracy over cycles, or 'aubc'."""
+    if metric == "final":
+        return records[-1]["accuracy"]
+    if metric == "mean":
+        return statistics.fmean(r["accuracy"] for r in records)
+    return aubc([r["labeled_fraction"] for r in records], [r["accuracy"] for r in records])
+
+
+def paired(runs: dict[str, dict[int, list[dict]]], a: str, b: str, metric: str) -> dict:
+    """Per-trial differences a - b (the runs of a trial share the seed, hence the initial pool)."""
+    trials = sorted(set(runs[a]) & set(runs[b]))
+    diffs = [run_metric(runs[a][t], metric) - run_metric(runs[b][t], metric) for t in trials]
+    return {"a": a, "b": b, "metric": metric, "n": len(diffs), "diffs": diffs,
+            "mean": statistics.fmean(diffs) if diffs else float("nan"),
+            "wins": sum(d > 0 for d in diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+
+
+def verdict(c: dict) -> str:
+    """benchmarks/fashion_mnist_core.py's rule: a win only when every trial agrees in sign and the mean
+    difference exceeds the std of the per-trial differences (one trial is never enough)."""
+    noise = c["n"] < 2 or abs(c["mean"]) <= c["std"] or c["wins"] not in (0, c["n"])
+    if noise:
+        return "within noise"
+    return f"{c['a']} better" if c["mean"] > 0 else f"{c['b']} better"
+
+
+# --- loss estimation over the checkpoints of a run (Fig. 3, 5, 6) ----------------------------------------
+def _outputs(model, dataset, idx: Tensor, loop: ActiveLoop) -> Tensor:
+    return torch.cat([o for _, o in predict(model, dataset, idx, batch_size=loop.config.eval_batch_size,
+                                            device=loop.device)])
+
+
+def unlabeled_at(pool: Pool, cycle: int) -> Tensor:
+    """The samples not yet labeled when cycle `cycle` trained (labeled later, or never)."""
+    return ((pool.cycle < 0) | (pool.cycle > cycle)).nonzero().flatten()
+
+
+def _subset(idx: Tensor, limit: int | None, seed: int, cycle: int) -> Tensor:
+    if limit is None or len(idx) <= limit:
+        return idx
+    g = torch.Generator().manual_seed(derive_seed(seed, "bench-analysis", cycle))
+    return idx[torch.randperm(len(idx), generator=g)[:limit].sort().values]
+
+
+def cycle_estimates(loop: ActiveLoop, cycle: int, idx: Tensor) -> dict[str, Tensor]:
+    """True loss and the estimators of cycle `cycle`'s model on `idx`, one inference pass per model.
+
+    cod: ||p(x; w_c) - p(x; w_{c-1})|| (Eq. 5, softmax outputs, the flavor's measure; cycle 0 against
+    the initial weights); emaod: against the EMA teacher (when the run has one); entropy of p(x; w_c).
+    """
+    state = loop._load(f"cycle_{cycle}.pt")
+    model, ema = loop._restore(state)
+    prev_state = loop._load(f"cycle_{cycle - 1}.pt") if cycle > 0 else loop._load("init.pt")
+    prev, _ = loop._restore(prev_state if cycle > 0 or prev_state.get("reference") is None
+                            else {**prev_state, "model": prev_state["reference"]})
+    y = fetch(loop.train_set, idx)[1]
+    out = _outputs(model, loop.train_set, idx, loop)
+    measure, task = loop.flavor.measure, loop.task
+    probs = to_space(out, "probs")
+    est = {"loss": task.per_sample_loss(out, y),
+           "cod": discrepancy(probs, to_space(_outputs(prev, loop.train_set, idx, loop), "probs"), measure=measure, task=task),
+           "entropy": entropy_score(probs)}
+    if ema is not None:
+        est["emaod"] = discrepancy(probs, to_space(_outputs(ema.model, loop.train_set, idx, loop), "probs"),
+                                   measure=measure, task=task)
+    return est
+
+
+def predicted_loss(loop: ActiveLoop, pool: Pool, cycle: int, idx: Tensor) -> dict[str, Tensor]:
+    """LL4AL (a run of strategy 'll4al'): its module's predicted loss and its own model's true loss on `idx`."""
+    model, _ = loop._restore(loop._load(f"cycle_{cycle}.pt"))  # loads the loss module into loop.strategy
+    ctx = Context(model=model, task=loop.task, dataset=loop.train_set, labeled=pool.labeled, unlabeled=idx,
+                  labels=pool.labels[pool.labeled], generator=torch.Generator().manual_seed(0), cycle=cycle,
+                  device=loop.device, batch_size=loop.config.eval_batch_size)
+    y = fetch(loop.train_set, idx)[1]
+    return {"ll4al": loop.strategy.predicted_loss(ctx, idx),
+            "loss": loop.task.per_sample_loss(_outputs(model, loop.train_set, idx, loop), y)}
+
+
+def summarize_estimates(loss: Tensor, estimators: dict[str, Tensor], fractions=FRACTIONS, edges=EDGES) -> dict:
+    """Per-cycle numbers: mean loss, mean of each estimator, loss by COD-rank bucket, recall, Spearman."""
+    out = {"n": len(loss), "mean_loss": float(loss.mean()),
+           "mean": {k: float(v.mean()) for k, v in estimators.items()},
+           "recall": {k: recall_at(v, loss, fractions) for k, v in estimators.items()},
+           "spearman": {k: spearman(v, loss) for k, v in estimators.items()}}
+    if "cod" in estimators:
+        out["loss_by_cod_bucket"] = bucket_means(estimators["cod"], loss, edges)
+    return out
+
+
+def loss_estimation(loop: ActiveLoop, limit: int | None = None, ll4al: ActiveLoop | None = None) -> dict:
+    """Fig. 3, 5, 6 for every cycle of a finished run with all its checkpoints (`keep_checkpoints=True`).
+
+    Each estimator is scored against the true loss of the model it estimates: COD, EMAOD and entropy
+    against this run's model; LL4AL's predicted loss against the `ll4al` run's own model, on the same
+    samples (this run's unlabeled pool of that cycle). Cycles whose checkpoints are gone are skipped.
+    """
+    pool = Pool.load(loop.workdir / "pool.json")
+    cycles, skipped = [], []
+    for c in range(loop.config.cycles):
+        if not (loop.workdir / "checkpoints" / f"cycle_{c}.pt").exists() or \
+                (c > 0 and not (loop.workdir / "checkpoints" / f"cycle_{c - 1}.pt").exists()):
+            skipped.append(c)
+            continue
+        idx = _subset(unlabeled_at(pool, c), limit, loop.config.seed, c)
+        est = cycle_estimates(loop, c, idx)
+        loss = est.pop("loss")
+        row = {"cycle": c, "labeled_fraction": 1 - len(unlabeled_at(pool, c)) / pool.size,
+               **summarize_estimates(loss, est)}
+        if ll4al is not None and (ll4al.workdir / "checkpoints" / f"cycle_{c}.pt").exists():
+            ll = predicted_loss(ll4al, Pool.load(ll4al.workdir / "pool.json"), c, idx)
+            row["recall"]["ll4al"] = recall_at(ll["ll4al"], ll["loss"])
+            row["spearman"]["ll4al"] = spearman(ll["ll4al"], ll["loss"])
+            row["mean"]["ll4al"] = float(ll["ll4al"].mean())
+        cycles.append(row)
+    return {"run": loop.workdir.name, "fractions": list(FRACTIONS), "buckets": bucket_names(),
+            "cycles": cycles, "skipped_cycles": skipped, "limit": limit}
+
+
+def cached(path: Path, key: dict, compute) -> dict:
+    """`compute()`'s JSON result, reused from `path` while `key` is unchanged."""
+    path = Path(path)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["value"]
+    value = compute()
+    write_json(path, {"key": key, "value": value})
+    return value
+
+
+# --- Table 3 and Fig. 11 -------------------------------------------------------------------------------
+def inference_pass_seconds(loop: ActiveLoop, n: int, repeats: int = 3) -> float:
+    """Best-of-`repeats` seconds of one plain inference pass of the protocol's model over n samples."""
+    model, _ = loop._restore(loop._load("init.pt"))
+    idx = torch.arange(min(n, len(loop.train_set)))
+    sync = torch.cuda.synchronize if loop.device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in predict(model, loop.train_set, idx, batch_size=loop.config.eval_batch_size, device=loop.device):
+            pass
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def selection_times(runs: dict[str, dict[int, list[dict]]]) -> dict[str, dict]:
+    """Mean and std of `select_time_s` per method over every selection of every trial, and the mean pool size."""
+    out = {}
+    for label, trials in runs.items():
+        rows = [r for recs in trials.values() for r in recs if "select_time_s" in r]
+        if rows:
+            t = [r["select_time_s"] for r in rows]
+            out[label] = {"mean_s": statistics.fmean(t), "std_s": statistics.stdev(t) if len(t) > 1 else 0.0,
+                          "selections": len(t)}
+    return out
+
+
+def per_class(records_by_trial: dict[int, list[dict]]) -> dict:
+    """Fig. 11: per-class test accuracy per cycle, mean over trials: `{"fractions": [...], "accuracy": [[C] per cycle]}`."""
+    trials = sorted(records_by_trial)
+    n = min(len(records_by_trial[t]) for t in trials)
+    acc = torch.tensor([[records_by_trial[t][c]["per_class_accuracy"] for c in range(n)] for t in trials])
+    return {"fractions": [records_by_trial[trials[0]][c]["labeled_fraction"] for c in range(n)],
+            "accuracy": acc.mean(0).tolist(), "trials": len(trials)}

@@ -1,0 +1,220 @@
+"""Named experiment protocols for `todal bench`: `paper` (appendix B), `cpu` and `smoke`.
+
+A protocol is a small frozen dataclass; `protocol(name, overrides)` returns it with `--set KEY=VALUE`
+overrides applied and validated, and `differences(p)` lists every value that differs from `paper`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from ..errors import TodalError, check_choice, param_error
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One bench protocol. Sizes (`initial`, `budget`) are fractions in (0, 1] or counts.
+
+    strategies: the default methods (NAME or NAME+semi, or "all"); the Table 1 ablation (random, random+semi,
+        cod, cod+semi) is always added. fig9: add `emaod` (and `emaod+semi`) for Fig. 9.
+    grid_lams, grid_alphas: the λ x α grid of Fig. 12, run as cod+semi (empty: no grid), in the first
+        `grid_trials` trials only (a sensitivity scan, not a comparison: it costs one run per cell).
+    analysis_pool: score at most this many unlabeled samples per cycle in the loss-estimation
+        analyses (a seeded random subset; None: the whole pool).
+    augment: the dataset's crop + flip training augmentation (False: none).
+    requires_gpu: refuse to run on a CPU (with an estimate of how long it would take).
+    """
+
+    name: str
+    model: str
+    model_options: dict = field(default_factory=dict)
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_drop_at: float = 0.8
+    lr_drop: float = 0.1
+    initial: int | float = 0.1
+    budget: int | float = 0.05
+    cycles: int = 7
+    trials: int = 3
+    ema_decay: float = 0.999
+    lam: float = 0.05
+    augment: bool = True
+    flavor: str = "paper"
+    strategies: tuple = ("random", "entropy", "coreset", "ll4al", "vaal", "cod")
+    fig9: bool = True
+    grid_lams: tuple = ()
+    grid_alphas: tuple = ()
+    grid_trials: int = 1
+    analysis_pool: int | None = None
+    requires_gpu: bool = True
+
+    def train_config(self) -> dict:
+        """The `TrainConfig` fields of this protocol."""
+        keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_drop_at", "lr_drop")
+        return {k: getattr(self, k) for k in keys}
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+# Appendix B: ResNet-18, 200 epochs, SGD lr 0.1 / momentum 0.9 / wd 5e-4, batch 128, lr x0.1 at 80%
+# of the epochs, start 10%, +5% per cycle, 7 cycles, 3 trials, α 0.999, λ 0.05, crop + flip.
+PAPER = Protocol(name="paper", model="resnet18", grid_lams=(0.01, 0.05, 0.1), grid_alphas=(0.99, 0.999))
+
+# benchmarks/fashion_mnist_core.py's scaled protocol: 2 CPU cores, a few hours on Fashion-MNIST.
+CPU = dataclasses.replace(
+    PAPER, name="cpu", model="small_cnn", model_options={"width": 0.5}, epochs=12, batch_size=64, lr=0.05,
+    initial=1000, budget=500, strategies=("random", "entropy", "margin", "coreset", "badge", "ll4al", "cod"),
+    grid_lams=(0.01, 0.05, 0.1), grid_alphas=(0.99, 0.999), analysis_pool=10000, requires_gpu=False)
+
+# Seconds on `digits`: the same code paths at tiny sizes, for CI.
+SMOKE = dataclasses.replace(
+    PAPER, name="smoke", model="small_cnn", model_options={"width": 0.25}, epochs=3, batch_size=32, lr=0.05,
+    initial=100, budget=50, cycles=3, trials=2, strategies=("random", "entropy", "cod"), grid_lams=(),
+    grid_alphas=(), analysis_pool=400, requires_gpu=False)
+
+PROTOCOLS = {p.name: p for p in (PAPER, CPU, SMOKE)}
+
+
+def _coerce(key: str, text: str, default):
+    """Parse `text` (JSON where it parses, else the bare string) and check it against the default's type."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    owner = "bench protocol (--set)"
+    if key in ("initial", "budget"):
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value >= 1) or \
+             (isinstance(value, float) and 0 < value <= 1)
+        if not ok:
+            raise param_error(key, owner, "an int >= 1 or a float in (0, 1]", value)
+        return value
+    if key == "analysis_pool":
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise param_error(key, owner, "an int >= 1 or null", value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise param_error(key, owner, "true or false", value)
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise param_error(key, owner, "an int >= 1", value)
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise param_error(key, owner, "a number", value)
+        return float(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise param_error(key, owner, "a list, e.g. [0.01,0.05] or a,b", value)
+        return tuple(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise param_error(key, owner, 'a JSON object, e.g. {"width": 0.5}', value)
+        return value
+    if not isinstance(value, str):
+        raise param_error(key, owner, "a string", value)
+    return value
+
+
+def protocol(name: str, overrides: dict[str, str] | list[str] | None = None) -> Protocol:
+    """The named protocol with overrides applied: `{"epochs": "3"}` or `["epochs=3", ...]`."""
+    check_choice("protocol", "todal bench", name, PROTOCOLS)
+    base = PROTOCOLS[name]
+    pairs = overrides or {}
+    if isinstance(pairs, (list, tuple)):
+        parsed = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise TodalError(f"Protocol override {pair!r} is not KEY=VALUE; write e.g. --set epochs=3.")
+            parsed[key.strip()] = value.strip()
+        pairs = parsed
+    valid = [f.name for f in dataclasses.fields(Protocol) if f.name != "name"]
+    changes = {}
+    for key, text in pairs.items():
+        if key not in valid:
+            raise param_error(key, "bench protocol (--set)", "a protocol value (" + ", ".join(valid) + ")", text)
+        changes[key] = _coerce(key, text, getattr(base, key))
+    p = dataclasses.replace(base, **changes)
+    check_choice("flavor", "bench protocol (--set)", p.flavor, ("paper", "official"))
+    if not 0 < p.lr_drop_at <= 1:
+        raise param_error("lr_drop_at", "bench protocol (--set)", "a float in (0, 1]", p.lr_drop_at)
+    if not 0 <= p.ema_decay < 1:
+        raise param_error("ema_decay", "bench protocol (--set)", "a float in [0, 1)", p.ema_decay)
+    return p
+
+
+def differences(p: Protocol, reference: Protocol = PAPER) -> list[dict]:
+    """Every value of `p` that differs from `reference` (the paper's appendix B), name excluded."""
+    a, b = p.to_dict(), reference.to_dict()
+    return [{"key": k, "value": a[k], "paper": b[k]} for k in a if k != "name" and a[k] != b[k]]
+
+
+# --- the time a protocol takes -----------------------------------------------------------------------
+def planned_steps(p: Protocol, train_size: int) -> int:
+    """Optimizer steps of one run: sum over cycles of epochs x ceil(labeled / batch)."""
+    def size(v):
+        return max(1, int(round(v * train_size))) if isinstance(v, float) else int(v)
+
+    init, step = size(p.initial), size(p.budget)
+    return sum(p.epochs * -(-(init + c * step) // p.batch_size) for c in range(p.cycles))
+
+
+def measure_step_time(p: Protocol, in_channels: int, image_size: int, num_classes: int,
+                      device: str | torch.device = "cpu", repeats: int = 2) -> float:
+    """Seconds of one SGD step of the protocol's model at its batch size on `device` (best of `repeats`)."""
+    from .. import models
+
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = models.get(p.model, in_channels=in_channels, num_classes=num_classes, **p.model_options).to(device)
+        x = torch.randn(p.batch_size, in_channels, image_size, image_size, device=device)
+        y = torch.randint(num_classes, (p.batch_size,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
+    best = float("inf")
+    for i in range(repeats + 1):  # the first step warms up (allocations, kernels)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def estimate_seconds(p: Protocol, train_size: int, runs: int, semi_runs: int, step_time: float) -> float:
+    """Training time of the whole bench: a semi-supervised step (student on an unlabeled batch too,
+    teacher forward) is counted as 2 plain steps; selection and evaluation are left out."""
+    return step_time * planned_steps(p, train_size) * (runs + semi_runs)
+
+
+def check_device(p: Protocol, device: torch.device, train_set, runs: int, semi_runs: int) -> None:
+    """Refuse a GPU protocol on a CPU, saying how long it would take (from a measured step time)."""
+    if not p.requires_gpu or device.type != "cpu":
+        return
+    x = train_set.batch(torch.arange(1))[0] if hasattr(train_set, "batch") else train_set[0][0].unsqueeze(0)
+    in_channels, image_size = int(x.shape[1]), int(x.shape[-1])
+    num_classes = int(getattr(train_set, "num_classes", 10))
+    step = measure_step_time(p, in_channels, image_size, num_classes, device)
+    secs = estimate_seconds(p, len(train_set), runs, semi_runs, step)
+    raise TodalError(
+        f"The {p.name!r} protocol needs a GPU: on this CPU one step of {p.model} at batch {p.batch_size} takes "
+        f"{step:.3f} s, so training its {runs} runs ({semi_runs} semi-supervised) would take about "
+        f"{secs / 3600:,.0f} hours ({secs / 86400:,.1f} days). Run it with --device cuda, use --protocol cpu, "
+        "or pass --set requires_gpu=false to run it here anyway.")

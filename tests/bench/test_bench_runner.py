@@ -1,0 +1,119 @@
+"""The runner's caching (an interrupted bench reuses finished runs) and one smoke bench end to end."""
+
+import argparse
+import json
+
+import pytest
+
+import torch
+
+from todal import ActiveLoop, strategies
+from todal.bench import cli, protocols
+from todal.bench.protocols import protocol
+from todal.bench.runner import Method, plan, run_all
+from todal.data import load_dataset
+from todal.errors import TodalError
+
+TINY = ["epochs=1", "cycles=2", "initial=60", "budget=30", "trials=1", "fig9=false", "batch_size=64"]
+
+
+def test_plan_adds_the_ablation_fig9_and_the_grid():
+    p = protocol("smoke", ["grid_lams=[0.05,0.1]", "grid_alphas=[0.99,0.999]"])
+    labels = [m.label for m in plan(p, ["entropy", "ll4al+semi"])]
+    assert labels[:6] == ["entropy", "ll4al+semi", "random", "random+semi", "cod", "cod+semi"]
+    assert "emaod" in labels
+    # the grid, minus the protocol's own (λ, α), which is cod+semi itself
+    assert [x for x in labels if "λ" in x] == ["cod+semi λ=0.05 α=0.99", "cod+semi λ=0.1 α=0.99",
+                                              "cod+semi λ=0.1 α=0.999"]
+    assert set(strategies.names()) <= {m.label for m in plan(p, ["all"])}
+    assert Method("cod", True, 0.1, 0.99).slug == "cod+semi-lam0.1-alpha0.99"
+    with pytest.raises(TodalError, match="Unknown strategy 'nope'"):
+        plan(p, ["nope"])
+    with pytest.raises(TodalError, match="is not NAME or NAME\\+semi"):
+        plan(p, ["cod+task"])
+
+
+def test_an_interrupted_bench_reuses_its_finished_runs(tmp_path, monkeypatch):
+    p = protocol("smoke", TINY)
+    train, test = load_dataset("digits")
+    methods = plan(p, ["random"])  # random, random+semi, cod, cod+semi
+    real_run, calls = ActiveLoop.run, []
+
+    def crash_on_third(self):
+        calls.append(self.workdir.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run(self)
+
+    monkeypatch.setattr(ActiveLoop, "run", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(p, methods, train, test, tmp_path, log=lambda s: None)
+    monkeypatch.setattr(ActiveLoop, "run", real_run)
+    first = (tmp_path / "runs" / "random-trial0" / "metrics.jsonl").read_text()
+    runs, status = run_all(p, methods, train, test, tmp_path, log=lambda s: None)
+    assert status["reused"] == ["random-trial0", "random+semi-trial0"]
+    assert status["ran"] == ["cod-trial0", "cod+semi-trial0"]
+    assert (tmp_path / "runs" / "random-trial0" / "metrics.jsonl").read_text() == first
+    # adding a strategy trains only that one
+    _, status = run_all(p, plan(p, ["random", "entropy"]), train, test, tmp_path, log=lambda s: None)
+    assert status["ran"] == ["entropy-trial0"] and len(status["reused"]) == 4
+    assert len(runs["cod+semi"][0]) == 2
+
+
+def _bench(argv):
+    ap = argparse.ArgumentParser(prog="todal")
+    cli.add_parser(ap.add_subparsers(dest="command"))
+    cli.run(ap.parse_args(argv), argv)
+
+
+def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", "--protocol", "smoke", "--dataset", "digits", "--out", str(out), "--strategies",
+            "random,entropy,cod", "--trials", "2", "--quiet", "--set", "epochs=1", "--set", "batch_size=64",
+            "--set", "fig9=false", "--set", "analysis_pool=200", "--set", "cycles=2", "--set", "initial=60",
+            "--set", "budget=30"]
+    _bench(argv)
+    report = (out / "report.md").read_text()
+    for section in ("## Protocol", "## Fig. 7", "## Table 1", "## Who beats whom", "## Fig. 3", "## Fig. 5",
+                    "## Fig. 6", "## Table 3", "## Fig. 11", "Fig. 10 not run"):
+        assert section in report
+    assert "| epochs | 1 | 200 |" in report  # a difference from the paper, listed
+    for fig in ("fig7_learning_curves", "fig3_cod_and_loss", "fig5_loss_by_cod_rank", "fig6_loss_recall",
+                "fig11_per_class"):
+        assert (out / f"{fig}.png").stat().st_size > 1000
+    r = json.loads((out / "results.json").read_text())
+    assert r["methods"] == ["random", "entropy", "cod", "random+semi", "cod+semi"]
+    assert r["protocol"]["epochs"] == 1 and r["protocol"]["trials"] == 2
+    assert r["environment"]["torch_version"] and len(r["environment"]["runs_ran"]) == 10
+    le = r["loss_estimation"]
+    assert le["run"] == "cod+semi" and len(le["mean"]) == 2
+    assert set(le["mean"][0]["recall"]) == {"cod", "emaod", "entropy"}
+    assert all(c["n"] <= 200 for c in le["mean"])
+    assert {c["metric"] for c in r["paired"]} == {"final", "aubc"} and all(c["n"] == 2 for c in r["paired"])
+    assert "x inference pass" in report and r["selection_time"]["inference_pass_s"] > 0
+    # the same command again trains nothing
+    _bench(argv)
+    r = json.loads((out / "results.json").read_text())
+    assert r["environment"]["runs_ran"] == [] and len(r["environment"]["runs_reused"]) == 10
+    assert "10 reused" in capsys.readouterr().out
+
+
+def test_bench_errors_are_todal_errors(tmp_path, monkeypatch):
+    monkeypatch.setattr(protocols, "measure_step_time", lambda *a, **k: 0.25)
+    with pytest.raises(TodalError, match="must be a protocol value"):
+        _bench(["bench", "--protocol", "smoke", "--dataset", "digits", "--out", str(tmp_path), "--set", "epoch=1"])
+    with pytest.raises(TodalError, match="needs a GPU"):
+        _bench(["bench", "--protocol", "paper", "--dataset", "digits", "--out", str(tmp_path), "--device", "cpu"])
+    assert not (tmp_path / "runs").exists()
+    if not torch.cuda.is_available():
+        with pytest.raises(TodalError, match="Device 'cuda' is not usable here"):
+            _bench(["bench", "--protocol", "smoke", "--dataset", "digits", "--out", str(tmp_path), "--device", "cuda"])
+
+
+def test_grid_cells_run_in_the_first_grid_trials_only(tmp_path):
+    p = protocol("smoke", TINY + ["trials=2", "grid_lams=[0.1]", "grid_alphas=[0.999]", "strategies=random"])
+    train, test = load_dataset("digits")
+    methods = [m for m in plan(p) if m.lam is not None or m.label == "random"]
+    runs, status = run_all(p, methods, train, test, tmp_path, log=lambda s: None)
+    assert status["ran"] == ["random-trial0", "cod+semi-lam0.1-alpha0.999-trial0", "random-trial1"]
+    assert list(runs["cod+semi λ=0.1 α=0.999"]) == [0]
