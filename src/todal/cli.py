@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__, strategies
 from .atomic import write_json
 from .errors import TodalError
-from .loop import ActiveLoop
+from .loop import ActiveLoop, default_task
 from .plots import learning_curve
 from .presets import defaults_for
 from .results import compare_table, run_table, summarize
@@ -47,7 +47,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="epochs per cycle (default: per dataset)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="default: per dataset (sgd)")
+    p.add_argument("--task", choices=["classification", "segmentation"], default=None,
+                   help="default: the dataset's own (segmentation for fashion-mnist-scenes and cityscapes)")
     p.add_argument("--flavor", choices=["paper", "official"], default="paper",
                    help="the paper's equations or the authors' code where they differ")
     p.add_argument("--lam", type=float, default=None, help="weight of the TOD loss (default: the flavor's)")
@@ -121,11 +123,13 @@ def _label(name: str, semi: bool) -> str:
 
 def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path) -> ActiveLoop:
     train_set, test_set = data
-    d = defaults_for(args.dataset)
-    train = {"epochs": args.epochs or d["epochs"], "batch_size": args.batch_size or d["batch_size"],
-             "lr": args.lr or d["lr"], "optimizer": args.optimizer}
+    d = defaults_for(args.dataset, train_set)
+    train = {**d.get("train", {}), "epochs": args.epochs or d["epochs"],
+             "batch_size": args.batch_size or d["batch_size"], "lr": args.lr or d["lr"],
+             "optimizer": args.optimizer or d.get("optimizer", "sgd")}
     options = d["model_options"] if args.model in (None, d["model"]) else {}
     return ActiveLoop(args.model or d["model"], train_set, test_set, strategy=strategy, semi_supervised=semi,
+                      task=args.task or default_task(train_set), eval_batch_size=d.get("eval_batch_size"),
                       initial=args.initial, budget=args.budget, cycles=args.cycles, workdir=workdir, seed=seed,
                       flavor=args.flavor, train=train, reinit=args.reinit, lam=args.lam,
                       ema_decay=args.ema_decay, score_subset=args.score_subset, device=args.device,
@@ -144,7 +148,9 @@ def _write_outputs(out: Path, summaries: dict, args, argv: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", {"command": "todal " + shlex.join(argv), "dataset": args.dataset,
                                       "todal_version": __version__, "strategies": summaries})
-    learning_curve(summaries, out / "learning_curve.png", title=f"{args.dataset}")
+    seg = next(iter(summaries.values())).get("metric") == "miou"
+    learning_curve(summaries, out / "learning_curve.png", title=f"{args.dataset}",
+                   **({"metric": "miou", "ylabel": "test mIoU (%)"} if seg else {}))
 
 
 def _load_data(args):

@@ -7,7 +7,8 @@ redoes at most the interrupted stage and ends with the same selections and metri
 
 Run directory:
     config.json     the resolved configuration (a different one is refused)
-    pool.json       labeled indices per cycle and their labels
+    pool.json       labeled indices per cycle and their labels (for segmentation only the indices:
+                    the masks stay in the dataset, see `todal.pool`)
     progress.json   the next stage to run, and what the current cycle has measured so far
     metrics.jsonl   one line per finished cycle
     checkpoints/    init.pt, cycle_<c>.pt (model, EMA, strategy state after training),
@@ -26,21 +27,48 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .atomic import torch_save, write_json, write_jsonl
 from .ema import EMA
 from .errors import TodalError, param_error
 from .flavor import Flavor, flavor_for
-from .inference import fetch
-from .oracle import SimulatedOracle
+from .inference import chunks, fetch
+from .oracle import FileOracle, SimulatedOracle
 from .pool import Pool
 from .strategies import Context, Strategy
 from .strategies import get as get_strategy
-from .tasks import get_task
+from .strategies.base import LabelMaps
+from .tasks import Segmentation, get_task
 from .train import TrainConfig, evaluate, fit
 
 STAGES = ("train", "evaluate", "select", "reveal")
+# Dense outputs: inference batches hold about this many pixels (64x64 scenes: 256 a batch; a
+# 2048x1024 Cityscapes image: 1), so evaluation and scoring stay within a few GB on a CPU.
+PIXELS_PER_BATCH = 2**20
+
+
+def default_task(dataset) -> str:
+    """The dataset's own `task` attribute, "segmentation" for the segmentation readers
+    (`todal.data.scenes.SegmentationData`), else "classification"."""
+    task = getattr(dataset, "task", None)
+    if isinstance(task, str) and task:
+        return task
+    from .data.scenes import SegmentationData
+
+    return "segmentation" if isinstance(dataset, SegmentationData) else "classification"
+
+
+def default_eval_batch_size(dataset, dense: bool) -> int:
+    """512 for class labels; for dense outputs, as many samples as make about `PIXELS_PER_BATCH`
+    pixels (the dataset's `image_size`, else the size of its first sample)."""
+    if not dense:
+        return 512
+    size = getattr(dataset, "image_size", None) or tuple(fetch(dataset, torch.arange(1))[0].shape[-2:])
+    pixels = 1
+    for v in size:
+        pixels *= int(v)
+    return max(1, min(512, PIXELS_PER_BATCH // max(pixels, 1)))
 
 
 def derive_seed(seed: int, *keys) -> int:
@@ -113,7 +141,11 @@ class ActiveLoop:
         reinit: re-initialize the model at every cycle instead of continuing from the last one.
         lam, ema_decay: λ of Eq. 9 (None: the flavor's) and α of Eq. 6.
         score_subset: score only this many random unlabeled samples (None: the flavor's).
-        oracle: who labels (default: the dataset's own labels).
+        oracle: who labels (default: the dataset's own labels). For segmentation the pool records
+            which samples are labeled and training reads their masks from the dataset.
+        task: "classification" or "segmentation" (None: `default_task(train_set)`).
+        eval_batch_size: batch of evaluation and scoring (None: `default_eval_batch_size`: 512,
+            fewer for large dense outputs).
         keep_checkpoints: keep every cycle's checkpoint (analyses across cycles); by default only the
             last two are kept, which is all that resuming and COD need.
     """
@@ -121,12 +153,12 @@ class ActiveLoop:
     def __init__(self, model_fn: str | Callable[[], nn.Module], train_set, test_set, *,
                  strategy: str | Strategy = "cod", semi_supervised: bool = True, initial=0.1,
                  budget=0.05, cycles: int = 7, epochs: int | None = None, workdir=None, seed: int = 0,
-                 task: str = "classification", flavor: str = "paper", flavor_overrides: dict | None = None,
+                 task: str | None = None, flavor: str = "paper", flavor_overrides: dict | None = None,
                  train: TrainConfig | dict | None = None, reinit: bool = False, lam: float | None = None,
                  ema_decay: float = 0.999, score_subset: int | None = None, strategy_options: dict | None = None,
                  model_options: dict | None = None, oracle=None, device: str | torch.device | None = None,
                  num_classes: int | None = None,
-                 eval_batch_size: int = 512, progress: bool = False, keep_checkpoints: bool = False):
+                 eval_batch_size: int | None = None, progress: bool = False, keep_checkpoints: bool = False):
         owner = "ActiveLoop"
         n = len(train_set)
         if n < 2:
@@ -160,8 +192,17 @@ class ActiveLoop:
             raise param_error("score_subset", owner, "an int >= 1 or None (the whole pool)", fl.score_subset)
         self.flavor: Flavor = fl
         self.model_fn = model_fn
+        task = default_task(train_set) if task is None else task
         self.task = get_task(task, self.num_classes)
+        self.dense = isinstance(self.task, Segmentation)
+        if self.dense and isinstance(oracle, FileOracle):
+            raise TodalError("FileOracle reads class labels from labels.csv and cannot take segmentation masks; "
+                             "for task='segmentation' the masks come from the dataset (leave oracle unset).")
         self.oracle = oracle or SimulatedOracle(train_set)
+        if eval_batch_size is None:
+            eval_batch_size = default_eval_batch_size(train_set, self.dense)
+        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+            raise param_error("eval_batch_size", owner, "an int >= 1 or None", eval_batch_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.progress = progress
         self.keep_checkpoints = bool(keep_checkpoints)
@@ -256,14 +297,12 @@ class ActiveLoop:
             return Pool.load(self._path("pool.json"))
         # A fresh run: initial random set, initial model (and teacher, and COD's reference).
         write_json(self._path("config.json"), cfg)
-        pool = Pool(len(self.train_set), self.num_classes)
+        pool = Pool(len(self.train_set), self.num_classes, dense=self.dense, ignore_index=self.task.ignore_index)
         perm = torch.randperm(len(self.train_set), generator=generator(self.config.seed, "initial"))
         first = perm[: self.config.initial].sort().values
-        labels = self.oracle.label(first)
-        if labels is None:
+        if not self._label(pool, first, 0):
             raise TodalError("The oracle has no labels for the initial set yet; label the samples in "
                              "to_label.csv and run again.")
-        pool.add(first, labels, cycle=0)
         model = self._new_model("init")
         ema = self._ema(model)
         reference = None
@@ -349,8 +388,10 @@ class ActiveLoop:
             prev.load_state_dict(state)
             return prev
 
-        return Context(model=model, task=self.task, dataset=self.train_set, labeled=pool.labeled,
-                       unlabeled=unlabeled, labels=pool.labels[pool.labeled], generator=generator(seed, "select", c),
+        labeled = pool.labeled
+        labels = LabelMaps(self.train_set, labeled) if pool.dense else pool.labels[labeled]
+        return Context(model=model, task=self.task, dataset=self.train_set, labeled=labeled,
+                       unlabeled=unlabeled, labels=labels, generator=generator(seed, "select", c),
                        cycle=c, device=self.device, batch_size=self.config.eval_batch_size,
                        ema_model=ema.model if ema else None, flavor=self.flavor, candidates=candidates,
                        previous=previous, workdir=self.workdir, progress=self.progress)
@@ -369,13 +410,31 @@ class ActiveLoop:
     def _reveal(self, pool: Pool, prog: dict) -> bool:
         c, chosen = prog["cycle"], torch.tensor(prog["selected"], dtype=torch.long)
         if not bool((pool.cycle[chosen] == c + 1).all()):  # else: revealed before a crash
-            labels = self.oracle.label(chosen)
-            if labels is None:
+            if not self._label(pool, chosen, c + 1):
                 return False
-            pool.add(chosen, labels, cycle=c + 1)
             pool.save(self._path("pool.json"))
         self._finish(prog, {**prog["pending"], "selected": chosen.tolist()})
         write_json(self._path("progress.json"), {"cycle": c + 1, "stage": "train", "pending": {}})
+        return True
+
+    def _label(self, pool: Pool, indices: Tensor, cycle: int) -> bool:
+        """Ask the oracle for the labels of `indices` and add them to the pool; False if it has none yet.
+
+        Dense labels are asked for a batch at a time, each batch of maps checked and dropped (the
+        pool keeps no masks); the pool changes only once every batch has been answered.
+        """
+        if not pool.dense:
+            labels = self.oracle.label(indices)
+            if labels is None:
+                return False
+            pool.add(indices, labels, cycle=cycle)
+            return True
+        for part in chunks(indices, self.config.eval_batch_size):
+            maps = self.oracle.label(part)
+            if maps is None:
+                return False
+            pool.check_maps(maps, len(part))
+        pool.add(indices, None, cycle=cycle)
         return True
 
     def _finish(self, prog: dict, record: dict) -> None:

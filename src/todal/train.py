@@ -96,6 +96,11 @@ def fit(
 ) -> dict:
     """Train `model` on `labeled` for `cfg.epochs` epochs; returns `{"loss", "steps", "time_s"}`.
 
+    transform: the training augmentation of the inputs (default: `train_transform(dataset)`). When
+        it is not given and the dataset has `train_pair_transform(x, y, generator)` (segmentation
+        data), that transform is used instead: on a labeled batch, image and mask together; on an
+        unlabeled batch, the image only.
+
     consistency: None (task loss only; the EMA, if given, still follows the model), "eq7"
         (Eq. 7 on the unlabeled batch), or "official" (the authors' two-head MSE, needs
         `model.heads(x)`); both need `ema` and `unlabeled`.
@@ -112,8 +117,23 @@ def fit(
         if consistency == "official" and not hasattr(model, "heads"):
             raise param_error("consistency", "fit", "'eq7' for a model without a second head", consistency,
                               "Build the model with second_head=True for the official consistency.")
-    transform = transform or train_transform(dataset)
-    augment = lambda x: transform(x, generator)  # noqa: E731  (all randomness from one generator)
+    pair = getattr(dataset, "train_pair_transform", None) if transform is None else None
+    if pair is not None:
+        # Dense labels: the image and its mask are cropped and flipped together. An unlabeled image
+        # goes through the same transform with an all-zero stand-in mask (a broadcast view, no copy).
+        def augment_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return pair(x, y, generator)
+
+        def augment(x: Tensor) -> Tensor:
+            return pair(x, torch.zeros((), dtype=torch.long).expand(len(x), *x.shape[2:]), generator)[0]
+    else:
+        transform = transform or train_transform(dataset)
+
+        def augment(x: Tensor) -> Tensor:
+            return transform(x, generator)  # all randomness from one generator
+
+        def augment_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+            return augment(x), y
 
     model.to(device).train()
     for obj in objectives:
@@ -135,8 +155,8 @@ def fit(
             total = torch.zeros(())
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                x, y = fetch(dataset, idx)
-                x, y = augment(x).to(device), y.to(device)
+                x, y = augment_pair(*fetch(dataset, idx))
+                x, y = x.to(device), y.to(device)
                 if consistency == "official":
                     out, out2 = model.heads(x)
                 else:

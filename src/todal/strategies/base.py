@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +17,69 @@ from ..pool import clip_budget
 from ..tasks import Task
 
 
+class LabelMaps:
+    """The revealed label maps (segmentation masks) of `labeled`, read from the dataset when indexed.
+
+    Stands in for `Context.labels` when labels are dense: `[n, H, W]` masks of a whole labeled set
+    do not fit in memory (300 Cityscapes masks are 5 GB as int64), so only the rows asked for are
+    read. Supports what strategies do with `ctx.labels`: `labels[pos]` (positions in `labeled`,
+    an int, a slice or an index tensor) -> int64 maps `[k, H, W]` on the CPU, `len()`, `dim()`,
+    `shape`, `long()` and `to()` (both return it unchanged), and `tensor()` (all of them at once,
+    for small sets).
+    """
+
+    def __init__(self, dataset, labeled: Tensor):
+        self.dataset, self.labeled = dataset, torch.as_tensor(labeled, dtype=torch.long)
+        self._map_shape = None
+
+    def __len__(self) -> int:
+        return len(self.labeled)
+
+    def __getitem__(self, pos) -> Tensor:
+        idx = self.labeled[pos]
+        if idx.dim() == 0:
+            return fetch(self.dataset, idx.reshape(1))[1][0].long()
+        return fetch(self.dataset, idx)[1].long()
+
+    @property
+    def map_shape(self) -> tuple[int, ...]:
+        if self._map_shape is None:
+            self._map_shape = tuple(fetch(self.dataset, self.labeled[:1])[1].shape[1:]) if len(self) else ()
+        return self._map_shape
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self),) + self.map_shape)
+
+    def dim(self) -> int:
+        return 1 + len(self.map_shape)
+
+    def long(self) -> LabelMaps:
+        return self
+
+    def to(self, *args, **kwargs) -> LabelMaps:
+        """Itself: maps are read (on the CPU) only when indexed."""
+        return self
+
+    def tensor(self) -> Tensor:
+        return self[torch.arange(len(self))]
+
+    def __repr__(self) -> str:
+        return f"LabelMaps(n={len(self)}, dataset={getattr(self.dataset, 'name', type(self.dataset).__name__)})"
+
+
 @dataclass
 class Context:
     """Everything a strategy may read in one selection. Strategies must not modify any of it.
 
     `candidates` is the part of the unlabeled pool to score (the whole pool, or the random subset
-    the official flavor scores); `labels` are the revealed labels of `labeled`, aligned.
+    the official flavor scores); `labels` are the revealed labels of `labeled`, aligned: a `[n]`
+    tensor of class labels, or for dense labels (segmentation) a `LabelMaps` that reads the masks
+    from the dataset when indexed.
+
+    Memory: `outputs()` and `embeddings()` concatenate over all the indices, fine for `[n, C]` and
+    `[n, D]`; for dense outputs (`[n, C, H, W]`: 10 GB for 56,000 64x64 scenes of 11 classes)
+    reduce per batch with `per_sample()` instead, which keeps one batch of outputs at a time.
     """
 
     model: nn.Module
@@ -30,7 +87,7 @@ class Context:
     dataset: object
     labeled: Tensor
     unlabeled: Tensor
-    labels: Tensor
+    labels: Tensor | LabelMaps
     generator: torch.Generator
     cycle: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -74,9 +131,27 @@ class Context:
 
     @torch.no_grad()
     def outputs(self, model: nn.Module, indices: Tensor, desc: str | None = None) -> Tensor:
-        """Raw outputs of `model` (eval mode) on `indices`, concatenated on the CPU: `[n, C, ...]`."""
+        """Raw outputs of `model` (eval mode) on `indices`, concatenated on the CPU: `[n, C, ...]`.
+
+        For dense outputs prefer `per_sample()`: this holds `[n, C, H, W]`."""
         with eval_mode(model):
             return torch.cat([model(x).float().cpu() for _, x in self.batches(indices, desc)])
+
+    @torch.no_grad()
+    def per_sample(self, fn: Callable[..., Tensor], models: Sequence[nn.Module], indices: Tensor,
+                   desc: str | None = None, *, augmented: bool = False) -> Tensor:
+        """`[n]` = `fn(out_1, ..., out_m)` per batch, on the raw outputs of `models` (eval mode, all on the
+        same batch), concatenated on the CPU. Memory: one batch of outputs, whatever the pool size.
+
+        `fn` maps `m` output batches `[b, C, *S]` (on the device) to `[b]`.
+        """
+        out = torch.empty(len(indices))
+        pos = 0
+        with eval_mode(*models):
+            for idx, x in self.batches(indices, desc, augmented=augmented):
+                out[pos : pos + len(idx)] = fn(*(m(x).float() for m in models)).float().cpu()
+                pos += len(idx)
+        return out
 
     @torch.no_grad()
     def embeddings(self, indices: Tensor, model: nn.Module | None = None, desc: str | None = None) -> Tensor:

@@ -1,4 +1,7 @@
-"""Uncertainty heuristics on softmax probabilities `[N, C, *S]` (pixel means for dense outputs)."""
+"""Uncertainty heuristics on softmax probabilities `[N, C, *S]` (pixel means for dense outputs).
+
+Scored a batch at a time (`Context.per_sample`): memory is one batch of outputs whatever the pool size.
+"""
 
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ class _Uncertainty(ScoreStrategy):
     score_probs: Callable[[Tensor], Tensor]
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
-        probs = ctx.task.probs(ctx.outputs(ctx.model, candidates, f"scoring {self.name}"))
-        return self.score_probs(probs)
+        # Reduced per batch: only `[n]` is kept, so dense outputs never pile up as `[n, C, H, W]`.
+        return ctx.per_sample(lambda out: self.score_probs(ctx.task.probs(out)), [ctx.model], candidates,
+                              f"scoring {self.name}")
 
 
 @register
