@@ -100,3 +100,10 @@ def test_compare_all_runs_every_registered_strategy(tmp_path, monkeypatch):
     monkeypatch.setattr(todal.cli, "_execute", lambda loop, title: ran.append(title) or fake)
     assert main(["compare", "--strategies", "all", "--seeds", "0", "--out", str(tmp_path), *FAST]) == 0
     assert ran == [f"{name} seed 0" for name in strategies.names()] + ["cod+semi seed 0"]
+
+
+def test_bench_paper_protocol_on_cpu_is_refused_with_an_estimate(tmp_path, capsys):
+    assert main(["bench", "--protocol", "paper", "--dataset", "digits", "--out", str(tmp_path), "--quiet",
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("todal: error: The 'paper' protocol needs a GPU") and "would take about" in err

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__, strategies
+from .bench import cli as bench_cli
 from .atomic import write_json
 from .errors import TodalError
 from .loop import ActiveLoop, default_task
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default=None, help="output folder (default: runs/compare-<dataset>)")
 
     sub.add_parser("strategies", help="list the strategies")
+    bench_cli.add_parser(sub)
     return ap
 
 
@@ -215,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     warnings.simplefilter("default")
     try:
-        {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies}[args.command](args, argv)
+        commands = {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies, "bench": bench_cli.run}
+        commands[args.command](args, argv)
     except TodalError as e:
         print(f"todal: error: {e}", file=sys.stderr)
         return 2
