@@ -9,8 +9,8 @@ from torch import nn
 from tinydata import TinyData
 from todal import models, strategies
 from todal.strategies import Context
-from todal.strategies.bayesian import (bald, max_entropy, stochastic_outputs, top_k_with_tiebreak,
-                                       variation_ratio)
+from todal.strategies.bayesian import (PassStats, bald, max_entropy, stochastic_outputs, stochastic_scores,
+                                       top_k_with_tiebreak, variation_ratio)
 from todal.tasks import Classification
 
 # [T=3, N=2, C=2]: sample 0's passes vote 0, 0, 1; sample 1's passes all say (0.6, 0.4)
@@ -126,6 +126,41 @@ def test_passes_are_split_to_respect_the_batch_size():
     model = nn.Sequential(nn.Dropout(0.5), lin)
     out = stochastic_outputs(model, torch.randn(6, 2), passes=4, max_batch=8)
     assert out.shape == (4, 6, 2) and max(calls) <= 8
+
+
+def test_pass_statistics_add_up_over_chunks_of_passes():
+    probs = torch.softmax(torch.randn(7, 4, 3, 2, 2, generator=torch.Generator().manual_seed(0)), 2)  # dense
+    stats = PassStats().add(probs[:3]).add(probs[3:5]).add(probs[5:])
+    for fn in (variation_ratio, max_entropy, bald):
+        assert torch.allclose(getattr(stats, fn.__name__)(), fn(probs), atol=1e-6)
+
+
+@pytest.mark.parametrize("passes, max_batch", [(5, 64), (5, 4), (9, 4), (3, 1)])
+def test_streamed_scores_equal_the_scores_of_all_passes(passes, max_batch):
+    # the same chunks in the same order draw the same masks, so the two must agree
+    model = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(2, 3, 1))
+    x, task = torch.randn(6, 2, 4, 4), Classification(3)
+    torch.manual_seed(0)
+    out = stochastic_outputs(model, x, passes, max_batch)  # (T, 6, 3, 4, 4)
+    torch.manual_seed(0)
+    scores, entropies = stochastic_scores(model, task, x, passes, max_batch, "bald")
+    probs = torch.softmax(out, 2)
+    assert out.shape == (passes, 6, 3, 4, 4)
+    assert torch.allclose(scores, bald(probs), atol=1e-6)
+    assert torch.allclose(entropies, max_entropy(probs), atol=1e-6)
+
+
+def test_seeded_repeats_for_a_seed_and_leaves_the_global_rng_alone():
+    ctx = features_ctx(nn.Linear(2, 2), torch.randn(4, 2))
+    rng = torch.get_rng_state()
+    with ctx.seeded() as seed:
+        first = torch.rand(3)
+    assert torch.equal(rng, torch.get_rng_state())
+    ctx.generator.manual_seed(0)
+    with ctx.seeded() as again:
+        assert again == seed and torch.equal(torch.rand(3), first)
+    with ctx.seeded() as later:  # each block draws a new seed
+        assert later != seed
 
 
 def test_variation_ratio_ties_go_to_higher_entropy():

@@ -305,10 +305,8 @@ class _Adversarial(ScoreStrategy):
     def _train(self, ctx: Context, unlabeled: Tensor, side: dict) -> tuple[nn.ModuleDict, dict]:
         """Fresh networks (seeded from ctx.generator) trained on labeled vs `unlabeled` batches."""
         labeled, g = ctx.labeled, ctx.generator
-        seed = int(torch.randint(0, 2**62, (1,), generator=g))
         arch = self._arch(ctx)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with ctx.seeded() as seed:
             nets = build_networks(arch)
         nets.to(ctx.device).train()
         noise = torch.Generator(device=ctx.device).manual_seed(seed + 1)
@@ -422,7 +420,9 @@ class SRAAL(_Adversarial):
     paper's initial-pool sampling is not part of a selection strategy. The task model is fixed
     during selection, so the indicator is computed once per selection (in the paper it moves with
     the task model's training).
-    Segmentation: the indicator is the pixel mean; the target learner is off (labels are maps).
+    Segmentation: the indicator is the pixel mean of the per-pixel indicator, computed batch by
+    batch (`ctx.per_sample`), so no pool-wide dense outputs are held; the target learner is off
+    (labels are maps).
     """
 
     name = "sraal"
@@ -437,8 +437,13 @@ class SRAAL(_Adversarial):
         return int(ctx.task.num_classes) if ctx.labels.dim() == 1 and self.sti_weight > 0 else 0
 
     def _side(self, ctx: Context, candidates: Tensor) -> dict:
-        probs = ctx.task.probs(ctx.outputs(ctx.model, candidates, "SRAAL uncertainty"))
-        return {"state_u": 1.0 - online_uncertainty(probs), "y_l": ctx.labels.long()}
+        # per batch: one batch of (dense) outputs at a time, whatever the pool size
+        ind = ctx.per_sample(lambda out: online_uncertainty(ctx.task.probs(out)), [ctx.model], candidates,
+                             "SRAAL uncertainty")
+        side = {"state_u": 1.0 - ind}
+        if ctx.labels.dim() == 1:  # class labels, for the target learner (label maps are not read)
+            side["y_l"] = ctx.labels.long()
+        return side
 
     def _unlabeled_state(self, side: dict, pos: Tensor) -> Tensor:
         return side["state_u"][pos.to(side["state_u"].device)].unsqueeze(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, ClassVar, Sequence
@@ -109,6 +110,24 @@ class Context:
         if self.augment is None:
             self.augment = train_transform(self.dataset)
         self._previous_model = None
+
+    @contextlib.contextmanager
+    def seeded(self):
+        """Seed torch's global RNG from `generator` for a block and restore it afterwards; yields the seed.
+
+        For what draws from the global RNG (network initializers, dropout masks): the CPU generator
+        is forked, and the CUDA one of `device` when it is a GPU, so the masks drawn there repeat too.
+        Only the forked generators are seeded: `torch.manual_seed` would also reseed every CUDA
+        device, which a CPU-only fork does not restore.
+        """
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        dev = torch.device(self.device)
+        cuda = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
+            yield seed
 
     @property
     def previous_model(self) -> nn.Module:

@@ -9,13 +9,12 @@ Dense outputs (segmentation) reduce per-pixel values to a per-sample mean.
 
 from __future__ import annotations
 
-import contextlib
+from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import check_choice, param_error
+from ..errors import TodalError, check_choice, param_error
 from ..models import Classifier, dropout_active, with_dropout
 from . import register
 from .base import Context, ScoreStrategy, top_k
@@ -29,36 +28,56 @@ def _entropy(probs: Tensor, dim: int) -> Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(dim)
 
 
+class PassStats:
+    """Running sums over stochastic passes, enough for every acquisition, so passes can arrive in chunks.
+
+    `add(probs [t, n, C, *S])` accumulates the pass count T, sum_t p_t `[n, C, *S]`, sum_t H[p_t]
+    `[n, *S]` and the passes voting for each class `[n, C, *S]`: memory of one pass, whatever T.
+    """
+
+    def __init__(self):
+        self.passes, self.sum_probs, self.sum_entropy, self.votes = 0, None, None, None
+
+    def add(self, probs: Tensor) -> PassStats:
+        sum_probs, sum_entropy = probs.sum(0), _entropy(probs, dim=2).sum(0)
+        choice = probs.argmax(2).movedim(0, 1)  # (n, t, *S): the class each pass votes for
+        one = torch.ones((), dtype=probs.dtype, device=probs.device).expand(choice.shape)
+        votes = torch.zeros_like(sum_probs).scatter_add_(1, choice, one)  # (n, C, *S): passes voting c
+        if self.passes == 0:
+            self.sum_probs, self.sum_entropy, self.votes = sum_probs, sum_entropy, votes
+        else:
+            self.sum_probs += sum_probs
+            self.sum_entropy += sum_entropy
+            self.votes += votes
+        self.passes += probs.shape[0]
+        return self
+
+    def variation_ratio(self) -> Tensor:
+        return _per_sample(1.0 - self.votes.max(1).values / self.passes)
+
+    def max_entropy(self) -> Tensor:
+        return _per_sample(_entropy(self.sum_probs / self.passes, dim=1))
+
+    def bald(self) -> Tensor:
+        return _per_sample(_entropy(self.sum_probs / self.passes, dim=1) - self.sum_entropy / self.passes)
+
+
 def variation_ratio(probs: Tensor) -> Tensor:
     """`[T, N, C, *S]` -> `[N]`: 1 - (passes whose argmax is the modal class) / T."""
-    t, c = probs.shape[0], probs.shape[2]
-    votes = F.one_hot(probs.argmax(2), c).sum(0)  # (N, *S, C): passes voting for each class
-    return _per_sample(1.0 - votes.max(-1).values.to(probs.dtype) / t)
+    return PassStats().add(probs).variation_ratio()
 
 
 def max_entropy(probs: Tensor) -> Tensor:
     """`[T, N, C, *S]` -> `[N]`: entropy of the mean prediction, H[mean_t p_t]."""
-    return _per_sample(_entropy(probs.mean(0), dim=1))
+    return PassStats().add(probs).max_entropy()
 
 
 def bald(probs: Tensor) -> Tensor:
     """`[T, N, C, *S]` -> `[N]`: H[mean_t p_t] - mean_t H[p_t] (zero when the passes agree)."""
-    return _per_sample(_entropy(probs.mean(0), dim=1) - _entropy(probs, dim=2).mean(0))
+    return PassStats().add(probs).bald()
 
 
 ACQUISITIONS = {"variation_ratio": variation_ratio, "max_entropy": max_entropy, "bald": bald}
-
-
-@contextlib.contextmanager
-def seeded_by(ctx: Context):
-    """Seed torch's RNG (dropout masks, initializers) from `ctx.generator` for a block and restore it
-    afterwards; on a GPU the device's generator is forked too, so the masks are reproducible there."""
-    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=ctx.generator))
-    dev = torch.device(ctx.device)
-    devices = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def top_k_with_tiebreak(primary: Tensor, secondary: Tensor, k: int) -> Tensor:
@@ -81,22 +100,62 @@ def _dropout_only_before_head(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def stochastic_outputs(model: nn.Module, x: Tensor, passes: int, max_batch: int) -> Tensor:
-    """`passes` forward passes of `x [B, ...]` with dropout on: raw outputs `[T, B, C, *S]`.
+def stochastic_chunks(model: nn.Module, x: Tensor, passes: int, max_batch: int) -> Iterator[tuple[int, Tensor]]:
+    """`passes` forward passes of `x [B, ...]` with dropout on, in chunks: `(start, out [t, b, C, *S])`,
+    the raw outputs of t passes over `x[start : start + b]`.
 
-    The passes run as one repeated batch (`T·b <= max_batch` rows per forward) instead of a loop.
+    The passes run as repeated batches of at most `max_batch` rows per forward (instead of a loop
+    over passes): groups of `max_batch // passes` samples with all their passes, or, when T exceeds
+    `max_batch`, one sample at a time in chunks of `max_batch` passes. A group's chunks come one
+    after another, so a caller can reduce each group and keep no more than one forward's outputs.
     """
-    if _dropout_only_before_head(model):
-        h = model.trunk(x)  # (B, D)
-        hs = h.unsqueeze(0).expand(passes, *h.shape).reshape(passes * len(h), -1)
-        return model.head(model.drop(hs)).view(passes, len(x), -1)
-    per = max(1, max_batch // passes)  # samples per forward
-    outs = []
-    for xb in x.split(per):
-        rep = xb.unsqueeze(0).expand(passes, *xb.shape).reshape(passes * len(xb), *xb.shape[1:])
-        out = model(rep)
-        outs.append(out.view(passes, len(xb), *out.shape[1:]))
-    return torch.cat(outs, dim=1)
+    head_only = _dropout_only_before_head(model)
+    inputs = model.trunk(x) if head_only else x  # (B, D): the trunk is deterministic, run once
+    per = max(1, max_batch // passes)  # samples per group
+    step = min(passes, max(1, max_batch // per))  # passes per forward
+    for start in range(0, len(x), per):
+        xb = inputs[start : start + per]
+        for done in range(0, passes, step):
+            t = min(step, passes - done)
+            rep = xb.unsqueeze(0).expand(t, *xb.shape).reshape(t * len(xb), *xb.shape[1:])
+            out = model.head(model.drop(rep)) if head_only else model(rep)
+            yield start, out.view(t, len(xb), *out.shape[1:])
+
+
+def stochastic_outputs(model: nn.Module, x: Tensor, passes: int, max_batch: int) -> Tensor:
+    """All of `stochastic_chunks` at once: raw outputs `[T, B, C, *S]` (small inputs and tests only)."""
+    groups: dict[int, list[Tensor]] = {}
+    for start, out in stochastic_chunks(model, x, passes, max_batch):
+        groups.setdefault(start, []).append(out)
+    return torch.cat([torch.cat(chunks) for chunks in groups.values()], dim=1)
+
+
+@torch.no_grad()
+def stochastic_scores(model: nn.Module, task, x: Tensor, passes: int, max_batch: int,
+                      acquisition: str) -> tuple[Tensor, Tensor]:
+    """`[B]` acquisition scores and `[B]` predictive entropies of `x` over `passes` dropout passes.
+
+    Each group's passes reduce into `PassStats` as they come, so the peak memory is one forward of
+    at most `max_batch` rows, not `[T, B, C, *S]` (0.9 GB for T = 20, 256 scenes of 64x64, 11 classes).
+    """
+    scores, entropies = torch.empty(len(x), device=x.device), torch.empty(len(x), device=x.device)
+
+    def finish(start: int, stats: PassStats) -> None:
+        stop = start + len(stats.sum_probs)
+        scores[start:stop] = getattr(stats, acquisition)()
+        entropies[start:stop] = stats.max_entropy()
+
+    group, stats = None, PassStats()
+    for start, out in stochastic_chunks(model, x, passes, max_batch):
+        if start != group:
+            if group is not None:
+                finish(group, stats)
+            group, stats = start, PassStats()
+        out = out.float()
+        stats.add(task.probs(out.flatten(0, 1)).view(out.shape))
+    if group is not None:
+        finish(group, stats)
+    return scores, entropies
 
 
 class _MCDropout(ScoreStrategy):
@@ -108,8 +167,11 @@ class _MCDropout(ScoreStrategy):
     are seeded from `ctx.generator`.
     T = 20 by default; the authors' released code (Riashat/Deep-Bayesian-Active-Learning) draws
     100 passes on a random 2,000-sample pool subset (`passes=100` with the loop's `score_subset`),
-    with dropout 0.25 after the convolutions and 0.5 before the last dense layer. Ties (variation ratio takes only T + 1 values) go to the higher
-    predictive entropy rather than to pool order.
+    with dropout 0.25 after the convolutions and 0.5 before the last dense layer. Ties (variation
+    ratio takes only T + 1 values) go to the higher predictive entropy rather than to pool order.
+    Memory: the passes reduce to per-sample statistics as they run (`stochastic_scores`), at most
+    `ctx.batch_size` rows of outputs at a time, so dense outputs (segmentation: pixel means) cost
+    one batch of outputs, not T.
     """
 
     reference = "Gal, Islam, Ghahramani, Deep Bayesian Active Learning with Image Data, ICML 2017"
@@ -126,16 +188,21 @@ class _MCDropout(ScoreStrategy):
 
     def _scores(self, ctx: Context, candidates: Tensor) -> tuple[Tensor, Tensor]:
         """`[n]` acquisition scores and `[n]` predictive entropies (the tie-break) of `candidates`."""
-        model = ctx.model if has_dropout(ctx.model) else with_dropout(ctx.model, self.p).to(ctx.device)
-        score_fn = ACQUISITIONS[self.acquisition]
+        model = ctx.model if has_dropout(ctx.model) else self._with_dropout(ctx.model).to(ctx.device)
         scores, entropies = [], []
-        with seeded_by(ctx), dropout_active(model):
+        with ctx.seeded(), dropout_active(model):
             for _, x in ctx.batches(candidates, f"scoring {self.name}"):
-                out = stochastic_outputs(model, x, self.passes, ctx.batch_size).float()  # (T, B, C, *S)
-                probs = ctx.task.probs(out.flatten(0, 1)).view(out.shape)
-                scores.append(score_fn(probs).cpu())
-                entropies.append(max_entropy(probs).cpu())
+                s, e = stochastic_scores(model, ctx.task, x, self.passes, ctx.batch_size, self.acquisition)
+                scores.append(s.cpu())
+                entropies.append(e.cpu())
         return torch.cat(scores), torch.cat(entropies)
+
+    def _with_dropout(self, model: nn.Module) -> nn.Module:
+        try:
+            return with_dropout(model, self.p)
+        except TodalError:
+            raise TodalError(f"Strategy {self.name!r} needs a model with nn.Dropout layers, or a final nn.Linear "
+                             f"to insert Dropout(p) before; {type(model).__name__} has neither.") from None
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         return self._scores(ctx, candidates)[0]

@@ -21,7 +21,7 @@ from ..train import TrainConfig, fit
 from . import register
 from .base import Context, ScoreStrategy
 from .badge import outputs_and_features
-from .bayesian import seeded_by, top_k_with_tiebreak
+from .bayesian import top_k_with_tiebreak
 
 
 def _per_sample(per_elem: Tensor) -> Tensor:
@@ -46,10 +46,14 @@ DISAGREEMENTS = {"vote_entropy": vote_entropy, "kl": consensus_kl}
 
 
 class _Revealed:
-    """The dataset's inputs with the labels revealed so far (`ctx.labels`), for `fit()`."""
+    """The dataset's inputs with the labels revealed so far (`ctx.labels`), for `fit()`; exposes the
+    dataset's `train_pair_transform` (image and mask augmented together), if it has one."""
 
     def __init__(self, ctx: Context):
         self.dataset, self.labels = ctx.dataset, ctx.labels
+        pair = getattr(ctx.dataset, "train_pair_transform", None)
+        if pair is not None:
+            self.train_pair_transform = pair
         self.pos = torch.full((len(ctx.dataset),), -1, dtype=torch.long)
         self.pos[ctx.labeled] = torch.arange(len(ctx.labeled))
 
@@ -75,7 +79,11 @@ class QBC(ScoreStrategy):
       scope="all": whole-network copies (2 epochs, the training augmentation): `members` passes
         over the pool plus `members` x `epochs` epochs on the labeled set, several times the cost.
         On a GPU its selections repeat only as far as cuDNN's backward pass does (as the loop's own
-        training does).
+        training does). Members train with the dataset's paired image+mask augmentation when it
+        has one (segmentation), else with `ctx.augment`.
+      Dense outputs (segmentation, `[N, C, H, W]`) always use scope="all": a per-pixel head on
+        cached features would hold the whole pool's per-pixel features. One candidate's output
+        decides, before any pool-wide work; the scoring then keeps one batch of outputs per member.
     A full ensemble trained from scratch, as Kuo et al. did, would cost `members` cycles of training.
     committee="snapshot": no training; the models the run already has: the current one, the
     previous cycle's (from cycle 1 on) and the EMA teacher (kept by ActiveLoop when this is chosen).
@@ -102,10 +110,18 @@ class QBC(ScoreStrategy):
             raise param_error("epochs", owner, "an int >= 1 or None (20 for scope 'head', 2 for 'all')", epochs)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
             raise param_error("lr", owner, "a float > 0", lr)
-        self.members, self.lr = members, float(lr)
-        self.epochs = epochs if epochs is not None else (20 if scope == "head" else 2)
+        self.members, self.lr, self.epochs = members, float(lr), epochs
         # ActiveLoop keeps an EMA teacher only for strategies that ask for one.
         self.needs_ema = committee == "snapshot"
+
+    def _epochs(self, scope: str) -> int:
+        return self.epochs if self.epochs is not None else (20 if scope == "head" else 2)
+
+    def _scope(self, ctx: Context, candidates: Tensor) -> str:
+        """`scope`, except "all" for dense outputs (judged from one candidate's output)."""
+        if self.scope == "all" or len(candidates) == 0:
+            return self.scope
+        return "all" if ctx.outputs(ctx.model, candidates[:1]).dim() > 2 else "head"
 
     def _member_seeds(self, ctx: Context) -> list[torch.Generator]:
         if len(ctx.labeled) == 0:
@@ -118,15 +134,15 @@ class QBC(ScoreStrategy):
         """Whole-network members (scope 'all')."""
         gens = self._member_seeds(ctx)
         n = len(ctx.labeled)
-        cfg = TrainConfig(epochs=self.epochs, batch_size=min(128, n), lr=self.lr, lr_drop_at=1.0)
+        cfg = TrainConfig(epochs=self._epochs("all"), batch_size=min(128, n), lr=self.lr, lr_drop_at=1.0)
         data = _Revealed(ctx)
         committee = []
         for g in gens:
             resample = ctx.labeled[torch.randint(n, (n,), generator=g)]
             member = copy.deepcopy(ctx.model)
-            with seeded_by(ctx):
-                fit(member, ctx.task, data, resample, cfg=cfg, generator=g, transform=ctx.augment,
-                    device=ctx.device)
+            with ctx.seeded():
+                fit(member, ctx.task, data, resample, cfg=cfg, generator=g, device=ctx.device,
+                    transform=None if hasattr(data, "train_pair_transform") else ctx.augment)
             committee.append(member)
         return committee
 
@@ -151,7 +167,7 @@ class QBC(ScoreStrategy):
             x, y = h_lab[pick], ctx.labels[pick]
             member = copy.deepcopy(head)
             opt = torch.optim.SGD(member.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
-            for _ in range(self.epochs):
+            for _ in range(self._epochs("head")):
                 for idx in torch.randperm(n, generator=g).split(128):
                     loss = ctx.task.loss(member(x[idx]), y[idx])
                     opt.zero_grad(set_to_none=True)
@@ -176,7 +192,7 @@ class QBC(ScoreStrategy):
     def _scores(self, ctx: Context, candidates: Tensor) -> tuple[Tensor, Tensor]:
         """`[n]` disagreement of `candidates` and `[n]` consensus KL (the tie-break)."""
         score_fn = DISAGREEMENTS[self.disagreement]
-        if self.committee == "bootstrap" and self.scope == "head":
+        if self.committee == "bootstrap" and self._scope(ctx, candidates) == "head":
             probs = self._head_committee(ctx, candidates)  # (M, n, C)
             return score_fn(probs), consensus_kl(probs)
         committee = self._bootstrap(ctx) if self.committee == "bootstrap" else self._snapshot(ctx)

@@ -194,13 +194,17 @@ class _SequentialGCN(Strategy):
         m = len(cand) if self.subset is None else max(self.subset, k)
         if m < len(cand):
             cand = cand[torch.randperm(len(cand), generator=ctx.generator)[:m].sort().values]
-        seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
         nodes = torch.cat([cand, ctx.labeled])
         features = ctx.embeddings(nodes, desc=f"embedding for {self.name}").flatten(1)  # (N, D)
         labeled = torch.arange(len(nodes)) >= len(cand)
-        gcn, scores, hidden = train_gcn(features, labeled, hidden=self.hidden, dropout=self.dropout,
-                                        epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
-                                        lambda_loss=self.lambda_loss, seed=seed)
+        # ctx.seeded() draws the seed as in every strategy. train_gcn keeps its own fork seeding the
+        # CPU generator only (`default_generator`, not `torch.manual_seed`): it is public and runs
+        # without a Context, the GCN trains on the CPU whatever ctx.device is, and `torch.manual_seed`
+        # under a CPU-only fork would reseed the CUDA generators and never restore them.
+        with ctx.seeded() as seed:
+            gcn, scores, hidden = train_gcn(features, labeled, hidden=self.hidden, dropout=self.dropout,
+                                            epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                                            lambda_loss=self.lambda_loss, seed=seed)
         self.gcn_, self.nodes_ = gcn, nodes
         return cand[self._choose(ctx, k, scores, hidden, features, len(cand))]
 

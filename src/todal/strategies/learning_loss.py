@@ -277,9 +277,7 @@ class LearningLoss(ScoreStrategy):
         warnings.warn("Strategy 'll4al' has no trained loss-prediction module, so it scores with a random one; "
                       "train through ActiveLoop or fit(objectives=strategy.objectives()) first.", UserWarning,
                       stacklevel=4)
-        seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with ctx.seeded():
             return LossNet(channels, self.objective.hidden)
 
     @torch.no_grad()
