@@ -205,3 +205,18 @@ def test_keep_checkpoints_keeps_every_cycle(tmp_path):
     make(tmp_path / "b").run()
     assert {p.name for p in (tmp_path / "a" / "checkpoints").glob("cycle_*.pt")} == {"cycle_0.pt", "cycle_1.pt", "cycle_2.pt"}
     assert {p.name for p in (tmp_path / "b" / "checkpoints").glob("cycle_*.pt")} == {"cycle_1.pt", "cycle_2.pt"}
+
+
+def test_restored_teacher_is_on_the_model_device(tmp_path):
+    loop = make(tmp_path, strategy="emaod", semi=False)
+    loop._start()
+    model, ema = loop._restore(loop._load("init.pt"))
+    assert next(ema.model.parameters()).device == next(model.parameters()).device == loop.device
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("strategy", ["emaod", "cod", "qbc"])
+def test_loop_selects_on_cuda(tmp_path, strategy):
+    records = make(tmp_path, strategy=strategy, semi=True, device="cuda").run()
+    assert [r["labeled"] for r in records] == [20, 30, 40]

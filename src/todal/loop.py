@@ -279,6 +279,7 @@ class ActiveLoop:
         ema = self._ema(model)
         if ema is not None:
             ema.load_state_dict(state["ema"])
+            ema.model.to(self.device)  # EMAOD and QBC's snapshot committee run the teacher beside the model
         self.strategy.load_state_dict(state.get("strategy") or {})
         return model.to(self.device), ema
 
