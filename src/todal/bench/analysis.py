@@ -77,20 +77,22 @@ def bucket_names(edges=EDGES) -> list[str]:
     return [f"{100 * a:g}-{100 * b:g}%" for a, b in zip(lo, edges)]
 
 
-def run_metric(records: list[dict], metric: str) -> float:
-    """One number per run: 'final' accuracy, 'mean' accuracy over cycles, or 'aubc'."""
+def run_metric(records: list[dict], metric: str, key: str = "accuracy") -> float:
+    """One number per run from the per-cycle `key` ("accuracy", or "miou" for segmentation): its
+    'final' value, its 'mean' over cycles, or its 'aubc'."""
     if metric == "final":
-        return records[-1]["accuracy"]
+        return records[-1][key]
     if metric == "mean":
-        return statistics.fmean(r["accuracy"] for r in records)
-    return aubc([r["labeled_fraction"] for r in records], [r["accuracy"] for r in records])
+        return statistics.fmean(r[key] for r in records)
+    return aubc([r["labeled_fraction"] for r in records], [r[key] for r in records])
 
 
-def paired(runs: dict[str, dict[int, list[dict]]], a: str, b: str, metric: str) -> dict:
-    """Per-trial differences a - b (the runs of a trial share the seed, hence the initial pool)."""
+def paired(runs: dict[str, dict[int, list[dict]]], a: str, b: str, metric: str, key: str = "accuracy") -> dict:
+    """Per-trial differences a - b of `run_metric(..., metric, key)` (the runs of a trial share the seed,
+    hence the initial pool)."""
     trials = sorted(set(runs[a]) & set(runs[b]))
-    diffs = [run_metric(runs[a][t], metric) - run_metric(runs[b][t], metric) for t in trials]
-    return {"a": a, "b": b, "metric": metric, "n": len(diffs), "diffs": diffs,
+    diffs = [run_metric(runs[a][t], metric, key) - run_metric(runs[b][t], metric, key) for t in trials]
+    return {"a": a, "b": b, "metric": metric, "key": key, "n": len(diffs), "diffs": diffs,
             "mean": statistics.fmean(diffs) if diffs else float("nan"),
             "wins": sum(d > 0 for d in diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
 
@@ -127,23 +129,31 @@ def cycle_estimates(loop: ActiveLoop, cycle: int, idx: Tensor) -> dict[str, Tens
 
     cod: ||p(x; w_c) - p(x; w_{c-1})|| (Eq. 5, softmax outputs, the flavor's measure; cycle 0 against
     the initial weights); emaod: against the EMA teacher (when the run has one); entropy of p(x; w_c).
+    Segmentation: the true loss is the per-pixel cross-entropy averaged over the valid pixels, COD and
+    EMAOD reduce over pixels as the task does (sum by default), entropy is the pixel mean. The pass
+    runs a batch at a time and keeps only the per-sample numbers, so dense outputs never pile up.
     """
     state = loop._load(f"cycle_{cycle}.pt")
     model, ema = loop._restore(state)
     prev_state = loop._load(f"cycle_{cycle - 1}.pt") if cycle > 0 else loop._load("init.pt")
     prev, _ = loop._restore(prev_state if cycle > 0 or prev_state.get("reference") is None
                             else {**prev_state, "model": prev_state["reference"]})
-    y = fetch(loop.train_set, idx)[1]
-    out = _outputs(model, loop.train_set, idx, loop)
     measure, task = loop.flavor.measure, loop.task
-    probs = to_space(out, "probs")
-    est = {"loss": task.per_sample_loss(out, y),
-           "cod": discrepancy(probs, to_space(_outputs(prev, loop.train_set, idx, loop), "probs"), measure=measure, task=task),
-           "entropy": entropy_score(probs)}
+    parts: dict[str, list[Tensor]] = {"loss": [], "cod": [], "entropy": []}
     if ema is not None:
-        est["emaod"] = discrepancy(probs, to_space(_outputs(ema.model, loop.train_set, idx, loop), "probs"),
-                                   measure=measure, task=task)
-    return est
+        parts["emaod"] = []
+    for chunk in idx.split(loop.config.eval_batch_size):
+        y = fetch(loop.train_set, chunk)[1]
+        out = _outputs(model, loop.train_set, chunk, loop)
+        probs = to_space(out, "probs")
+        parts["loss"].append(task.per_sample_loss(out, y))
+        parts["cod"].append(discrepancy(probs, to_space(_outputs(prev, loop.train_set, chunk, loop), "probs"),
+                                        measure=measure, task=task))
+        parts["entropy"].append(entropy_score(probs))
+        if ema is not None:
+            teacher = to_space(_outputs(ema.model, loop.train_set, chunk, loop), "probs")
+            parts["emaod"].append(discrepancy(probs, teacher, measure=measure, task=task))
+    return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
 
 def predicted_loss(loop: ActiveLoop, pool: Pool, cycle: int, idx: Tensor) -> dict[str, Tensor]:
@@ -235,6 +245,45 @@ def selection_times(runs: dict[str, dict[int, list[dict]]]) -> dict[str, dict]:
             out[label] = {"mean_s": statistics.fmean(t), "std_s": statistics.stdev(t) if len(t) > 1 else 0.0,
                           "selections": len(t)}
     return out
+
+
+def class_iou_with_and_without(without: dict[int, list[dict]], with_: dict[int, list[dict]]) -> dict:
+    """Table 2: per-class IoU at the last cycle trained without ('T') and with ('T + U') the TOD loss.
+
+    Both take `{trial: records}` of segmentation runs; the trials both have are paired, at the last
+    cycle both reached. Per class, the mean IoU over those trials where the class has one (None where
+    it has none in any trial); "proportion" is the class's share of the test pixels (the records'
+    `class_proportion`, the same for every run), "diff" = with - without, "better" counts the classes
+    where the TOD loss helps, of those with both values ("compared"). "gain_minority" is the mean diff
+    over the rarest half (floor) of the compared classes by proportion, "gain_majority" over the rest
+    (Table 2's point: larger gains on minority classes). mIoU: the mean over trials of each run's mIoU.
+    """
+    trials = sorted(set(without) & set(with_))
+    if not trials:
+        return {"trials": [], "classes": 0}
+    n = min(min(len(without[t]), len(with_[t])) for t in trials)
+    last_t, last_u = [without[t][n - 1] for t in trials], [with_[t][n - 1] for t in trials]
+
+    def mean_iou(rows):
+        out = []
+        for values in zip(*(r["per_class_iou"] for r in rows)):
+            present = [v for v in values if v is not None]
+            out.append(statistics.fmean(present) if present else None)
+        return out
+
+    t, u = mean_iou(last_t), mean_iou(last_u)
+    proportion = [statistics.fmean(v) for v in zip(*(r["class_proportion"] for r in last_t))]
+    diff = [b - a if a is not None and b is not None else None for a, b in zip(t, u)]
+    by_rarity = sorted((c for c, d in enumerate(diff) if d is not None), key=lambda c: (proportion[c], c))
+    half = len(by_rarity) // 2
+    gain = [statistics.fmean(diff[c] for c in part) if part else float("nan")
+            for part in (by_rarity[:half], by_rarity[half:])]
+    return {"trials": trials, "cycle": n - 1, "labeled_fraction": last_t[0]["labeled_fraction"],
+            "classes": len(t), "proportion": proportion, "without": t, "with": u, "diff": diff,
+            "miou_without": statistics.fmean(r["miou"] for r in last_t),
+            "miou_with": statistics.fmean(r["miou"] for r in last_u),
+            "better": sum(d > 0 for d in diff if d is not None), "compared": len(by_rarity),
+            "minority": half, "gain_minority": gain[0], "gain_majority": gain[1]}
 
 
 def per_class(records_by_trial: dict[int, list[dict]]) -> dict:

@@ -1,7 +1,10 @@
-"""Named experiment protocols for `todal bench`: `paper` (appendix B), `cpu` and `smoke`.
+"""Named experiment protocols for `todal bench`: `paper` (appendix B), `cpu` and `smoke`, one set per task.
 
-A protocol is a small frozen dataclass; `protocol(name, overrides)` returns it with `--set KEY=VALUE`
-overrides applied and validated, and `differences(p)` lists every value that differs from `paper`.
+A protocol is a small frozen dataclass; `protocol(name, overrides, task)` returns it with `--set KEY=VALUE`
+overrides applied and validated, and `differences(p)` lists every value that differs from the `paper`
+protocol of its task. The task comes from the dataset (`getattr(train_set, "task", "classification")`):
+classification follows appendix B's Table 5 rows for CIFAR/SVHN (Sec. 5.2), segmentation its Cityscapes
+row (Sec. 5.3, Fig. 8, Table 2).
 """
 
 from __future__ import annotations
@@ -29,10 +32,17 @@ class Protocol:
         analyses (a seeded random subset; None: the whole pool).
     augment: the dataset's crop + flip training augmentation (False: none).
     requires_gpu: refuse to run on a CPU (with an estimate of how long it would take).
+    task: "classification" or "segmentation"; set by the protocol family, not by --set.
+    optimizer: "sgd" or "adam" (Adam ignores `momentum`).
+    eval_batch_size: batch of evaluation and scoring (None: the loop's default for the dataset).
+    dataset_options: keyword arguments of the dataset reader (e.g. the number of scenes of
+        fashion-mnist-scenes: {"size": 2000, "test_size": 500}).
+    strategy_options: options per strategy name, e.g. {"qbc": {"scope": "all"}}.
     """
 
     name: str
     model: str
+    task: str = "classification"
     model_options: dict = field(default_factory=dict)
     epochs: int = 200
     batch_size: int = 128
@@ -56,10 +66,14 @@ class Protocol:
     grid_trials: int = 1
     analysis_pool: int | None = None
     requires_gpu: bool = True
+    optimizer: str = "sgd"
+    eval_batch_size: int | None = None
+    dataset_options: dict = field(default_factory=dict)
+    strategy_options: dict = field(default_factory=dict)
 
     def train_config(self) -> dict:
         """The `TrainConfig` fields of this protocol."""
-        keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_drop_at", "lr_drop")
+        keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_drop_at", "lr_drop", "optimizer")
         return {k: getattr(self, k) for k in keys}
 
     def to_dict(self) -> dict:
@@ -82,7 +96,43 @@ SMOKE = dataclasses.replace(
     initial=100, budget=50, cycles=3, trials=2, strategies=("random", "entropy", "cod"), grid_lams=(),
     grid_alphas=(), analysis_pool=400, requires_gpu=False)
 
+# --- segmentation ------------------------------------------------------------------------------------
+# Fig. 8's methods (SRAAL, VAAL, QBC, Core-set, MC-Dropout, random, Ours) plus entropy; fig9 adds EMAOD.
+SEG_STRATEGIES = ("random", "entropy", "coreset", "mc_dropout", "qbc", "vaal", "sraal", "cod")
+
+# Sec. 5.3 and appendix B.2 / Table 5 (Cityscapes): DRN-D-22, 40 epochs a cycle, Adam lr 5e-4 with no weight
+# decay ("-") and no lr drop stated, batch 4 of 688x688 crops with flips (the Cityscapes reader's default),
+# start 10%, +5%, 7 cycles (10% .. 40% labeled), 3 trials, α 0.999, λ 0.05; mIoU on the 500 val images,
+# evaluated whole, two at a time (`presets.PRESETS["cityscapes"]`). QBC's committee fine-tunes whole-network
+# copies (scope "all", which qbc also picks itself for dense outputs): a per-pixel head is not a last nn.Linear.
+SEG_PAPER = dataclasses.replace(
+    PAPER, task="segmentation", model="drn_d_22", epochs=40, batch_size=4, lr=5e-4, optimizer="adam",
+    weight_decay=0.0, lr_drop_at=1.0, strategies=SEG_STRATEGIES, grid_lams=(), grid_alphas=(), eval_batch_size=2,
+    strategy_options={"qbc": {"scope": "all"}})
+
+# fashion-mnist-scenes on 2 CPU cores: `presets.PRESETS["fashion-mnist-scenes"]` (seg_cnn at width 0.5,
+# ~30k parameters, Adam 1e-3, batch 32, 10 epochs, no weight decay or lr drop) on 1,500 train and 500 test
+# scenes of 64x64 (Cityscapes: 2,975 and 500 images of 2048x1024), with the paper's fractions: 150 labeled
+# scenes at the start, +75 a cycle, 7 cycles (10% .. 40%), so ~820 steps a run. Measured with 2 threads on
+# the shared 2-core host (2,000 scenes): a plain step 0.2-0.5 s, a semi-supervised one (student on a labeled
+# and an unlabeled batch, EMA teacher) ~1.3 s; COD scoring the pool ~25 s a selection; MC-Dropout's default
+# 20 passes over the pool ~5 min a selection, hence 10 passes here. The 33 runs of the default methods x 3
+# trials (6 of them semi-supervised) take about 4 to 6 hours, selection and evaluation included (QBC, SRAAL
+# and MC-Dropout selections cost 1-2 min each, VAAL ~1 min, COD ~20 s at this pool size).
+SEG_CPU = dataclasses.replace(
+    SEG_PAPER, name="cpu", model="seg_cnn", model_options={"width": 0.5}, epochs=10, batch_size=32, lr=1e-3,
+    eval_batch_size=256, dataset_options={"size": 1500, "test_size": 500}, analysis_pool=1000, requires_gpu=False,
+    strategy_options={"qbc": {"scope": "all"}, "mc_dropout": {"passes": 10}})
+
+# Minutes: 200 train and 50 test scenes, the same code paths.
+SEG_SMOKE = dataclasses.replace(
+    SEG_CPU, name="smoke", model_options={"width": 0.25}, epochs=2, batch_size=16, cycles=3, trials=2,
+    strategies=("random", "entropy", "cod"), eval_batch_size=64, dataset_options={"size": 200, "test_size": 50},
+    analysis_pool=100)
+
 PROTOCOLS = {p.name: p for p in (PAPER, CPU, SMOKE)}
+SEGMENTATION_PROTOCOLS = {p.name: p for p in (SEG_PAPER, SEG_CPU, SEG_SMOKE)}
+FAMILIES = {"classification": PROTOCOLS, "segmentation": SEGMENTATION_PROTOCOLS}
 
 
 def _coerce(key: str, text: str, default):
@@ -98,7 +148,7 @@ def _coerce(key: str, text: str, default):
         if not ok:
             raise param_error(key, owner, "an int >= 1 or a float in (0, 1]", value)
         return value
-    if key == "analysis_pool":
+    if key in ("analysis_pool", "eval_batch_size"):
         if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
         raise param_error(key, owner, "an int >= 1 or null", value)
@@ -129,10 +179,12 @@ def _coerce(key: str, text: str, default):
     return value
 
 
-def protocol(name: str, overrides: dict[str, str] | list[str] | None = None) -> Protocol:
-    """The named protocol with overrides applied: `{"epochs": "3"}` or `["epochs=3", ...]`."""
-    check_choice("protocol", "todal bench", name, PROTOCOLS)
-    base = PROTOCOLS[name]
+def protocol(name: str, overrides: dict[str, str] | list[str] | None = None,
+             task: str = "classification") -> Protocol:
+    """The named protocol of `task`'s family with overrides applied: `{"epochs": "3"}` or `["epochs=3", ...]`."""
+    check_choice("task", "todal bench", task, FAMILIES)
+    check_choice("protocol", "todal bench", name, FAMILIES[task])
+    base = FAMILIES[task][name]
     pairs = overrides or {}
     if isinstance(pairs, (list, tuple)):
         parsed = {}
@@ -142,7 +194,7 @@ def protocol(name: str, overrides: dict[str, str] | list[str] | None = None) -> 
                 raise TodalError(f"Protocol override {pair!r} is not KEY=VALUE; write e.g. --set epochs=3.")
             parsed[key.strip()] = value.strip()
         pairs = parsed
-    valid = [f.name for f in dataclasses.fields(Protocol) if f.name != "name"]
+    valid = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "task")]
     changes = {}
     for key, text in pairs.items():
         if key not in valid:
@@ -150,6 +202,7 @@ def protocol(name: str, overrides: dict[str, str] | list[str] | None = None) -> 
         changes[key] = _coerce(key, text, getattr(base, key))
     p = dataclasses.replace(base, **changes)
     check_choice("flavor", "bench protocol (--set)", p.flavor, ("paper", "official"))
+    check_choice("optimizer", "bench protocol (--set)", p.optimizer, ("sgd", "adam"))
     if not 0 < p.lr_drop_at <= 1:
         raise param_error("lr_drop_at", "bench protocol (--set)", "a float in (0, 1]", p.lr_drop_at)
     if not 0 <= p.ema_decay < 1:
@@ -157,8 +210,9 @@ def protocol(name: str, overrides: dict[str, str] | list[str] | None = None) -> 
     return p
 
 
-def differences(p: Protocol, reference: Protocol = PAPER) -> list[dict]:
-    """Every value of `p` that differs from `reference` (the paper's appendix B), name excluded."""
+def differences(p: Protocol, reference: Protocol | None = None) -> list[dict]:
+    """Every value of `p` that differs from `reference` (default: the `paper` protocol of p's task), name excluded."""
+    reference = reference or FAMILIES[p.task]["paper"]
     a, b = p.to_dict(), reference.to_dict()
     return [{"key": k, "value": a[k], "paper": b[k]} for k in a if k != "name" and a[k] != b[k]]
 
@@ -173,18 +227,22 @@ def planned_steps(p: Protocol, train_size: int) -> int:
     return sum(p.epochs * -(-(init + c * step) // p.batch_size) for c in range(p.cycles))
 
 
-def measure_step_time(p: Protocol, in_channels: int, image_size: int, num_classes: int,
+def measure_step_time(p: Protocol, in_channels: int, image_size: int | tuple[int, int], num_classes: int,
                       device: str | torch.device = "cpu", repeats: int = 2) -> float:
-    """Seconds of one SGD step of the protocol's model at its batch size on `device` (best of `repeats`)."""
+    """Seconds of one optimizer step of the protocol's model at its batch size on `device` (best of
+    `repeats`), on `image_size` inputs (an int for a square); segmentation steps have per-pixel labels."""
     from .. import models
+    from ..train import TrainConfig, make_optimizer
 
     device = torch.device(device)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = models.get(p.model, in_channels=in_channels, num_classes=num_classes, **p.model_options).to(device)
-        x = torch.randn(p.batch_size, in_channels, image_size, image_size, device=device)
-        y = torch.randint(num_classes, (p.batch_size,), device=device)
-    opt = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum)
+        x = torch.randn(p.batch_size, in_channels, h, w, device=device)
+        shape = (p.batch_size, h, w) if p.task == "segmentation" else (p.batch_size,)
+        y = torch.randint(num_classes, shape, device=device)
+    opt = make_optimizer(model.parameters(), TrainConfig(**p.train_config()))
     best = float("inf")
     for i in range(repeats + 1):  # the first step warms up (allocations, kernels)
         t0 = time.perf_counter()
@@ -204,17 +262,29 @@ def estimate_seconds(p: Protocol, train_size: int, runs: int, semi_runs: int, st
     return step_time * planned_steps(p, train_size) * (runs + semi_runs)
 
 
+def train_input_shape(train_set) -> tuple[int, tuple[int, int]]:
+    """`(channels, (h, w))` of a training input: the training crop where the dataset has one
+    (Cityscapes: 688x688 of the 2048x1024 images), else the first sample's size."""
+    crop = getattr(getattr(train_set, "augment", None), "crop", None)
+    channels = getattr(train_set, "in_channels", None)
+    if crop and channels:  # nothing to decode
+        return int(channels), tuple(crop)
+    x = train_set.batch(torch.arange(1))[0] if hasattr(train_set, "batch") else train_set[0][0].unsqueeze(0)
+    return int(x.shape[1]), (tuple(crop) if crop else (int(x.shape[-2]), int(x.shape[-1])))
+
+
 def check_device(p: Protocol, device: torch.device, train_set, runs: int, semi_runs: int) -> None:
     """Refuse a GPU protocol on a CPU, saying how long it would take (from a measured step time)."""
     if not p.requires_gpu or device.type != "cpu":
         return
-    x = train_set.batch(torch.arange(1))[0] if hasattr(train_set, "batch") else train_set[0][0].unsqueeze(0)
-    in_channels, image_size = int(x.shape[1]), int(x.shape[-1])
+    in_channels, image_size = train_input_shape(train_set)
     num_classes = int(getattr(train_set, "num_classes", 10))
-    step = measure_step_time(p, in_channels, image_size, num_classes, device)
+    big = p.batch_size * image_size[0] * image_size[1] > 2**20  # a DRN step on 688x688 crops: seconds each
+    step = measure_step_time(p, in_channels, image_size, num_classes, device, repeats=1 if big else 2)
     secs = estimate_seconds(p, len(train_set), runs, semi_runs, step)
+    alternative = "--protocol cpu --dataset fashion-mnist-scenes" if p.task == "segmentation" else "--protocol cpu"
     raise TodalError(
         f"The {p.name!r} protocol needs a GPU: on this CPU one step of {p.model} at batch {p.batch_size} takes "
         f"{step:.3f} s, so training its {runs} runs ({semi_runs} semi-supervised) would take about "
-        f"{secs / 3600:,.0f} hours ({secs / 86400:,.1f} days). Run it with --device cuda, use --protocol cpu, "
+        f"{secs / 3600:,.0f} hours ({secs / 86400:,.1f} days). Run it with --device cuda, use {alternative}, "
         "or pass --set requires_gpu=false to run it here anyway.")

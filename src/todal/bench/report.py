@@ -10,7 +10,8 @@ from ..plots import learning_curve
 from ..results import compare_table
 from . import figures
 
-METRIC_NAMES = {"final": "final accuracy", "aubc": "AUBC"}
+METRIC_NAMES = {"final": "final {}", "aubc": "AUBC of {}"}
+KEY_NAMES = {"accuracy": "accuracy", "miou": "mIoU"}
 
 
 def _pm(mean: float, std: float, n: int) -> str:
@@ -19,7 +20,7 @@ def _pm(mean: float, std: float, n: int) -> str:
 
 def sentence(c: dict) -> str:
     """One "X beats Y" sentence, or "within noise", with the paired evidence behind it."""
-    what = METRIC_NAMES[c["metric"]]
+    what = METRIC_NAMES[c["metric"]].format(KEY_NAMES[c.get("key", "accuracy")])
     if c["verdict"] == "within noise":
         return (f"- {c['a']} vs {c['b']}, {what}: **within noise** (mean paired difference {100 * c['mean']:+.2f} "
                 f"points, {c['a']} ahead in {c['wins']} of {c['n']} trials; std of the differences "
@@ -40,6 +41,35 @@ def _fmt(v: float, scale: float = 1.0, digits: int = 3) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{scale * v:.{digits}f}"
 
 
+def _table2(r: dict) -> list[str]:
+    """Table 2's analogue: per-class IoU at the last cycle without and with the TOD loss, and each class's
+    share of the test pixels."""
+    lines = ["## Table 2: per-class IoU with and without the TOD loss\n"]
+    names = r.get("class_names") or []
+    for base, t in r["class_iou"].items():
+        if not t["trials"]:
+            continue
+        k = len(t["trials"])
+        lines += [f"`{base}` ('T', task loss only) against `{base}+semi` ('T + U', with the TOD loss of Eq. 9) at "
+                  f"the last cycle ({100 * t['labeled_fraction']:.1f}% labeled; the paper's Table 2: 40%), IoU (%) "
+                  f"per class, mean over {k} paired trial(s). 'Proportion' is the class's share of the test "
+                  "pixels. '-': the class appears in neither the truth nor the predictions.\n",
+                  *_table(["class", "proportion (%)", "T", "T + U", "T + U - T"],
+                          [[f"{c} {names[c]}" if c < len(names) else str(c), _fmt(t["proportion"][c], 100, 1),
+                            _fmt(t["without"][c], 100, 1), _fmt(t["with"][c], 100, 1),
+                            "-" if t["diff"][c] is None else f"{100 * t['diff'][c]:+.1f}"] for c in range(t["classes"])]
+                          + [["mIoU", "-", _fmt(t["miou_without"], 100, 1), _fmt(t["miou_with"], 100, 1),
+                              f"{100 * (t['miou_with'] - t['miou_without']):+.1f}"]]),
+                  f"\nThe TOD loss gives a higher IoU on {t['better']} of {t['compared']} classes; mean change "
+                  f"{_fmt(t['gain_minority'], 100, 1)} points on the {t['minority']} rarest of them, "
+                  f"{_fmt(t['gain_majority'], 100, 1)} on the others (the paper: larger gains on minority classes)"
+                  + (" (one trial: no claim beyond this run)." if k < 2 else
+                     "; the mIoU comparison paired over trials is in the section below.") + "\n"]
+    if len(lines) == 1:
+        lines.append("Not computed: it needs `cod` and `cod+semi` (or `random` and `random+semi`) runs.\n")
+    return lines
+
+
 def write_report(out: Path, r: dict) -> None:
     """Write results.json, the figures and report.md from the results of `run_bench`."""
     out = Path(out)
@@ -47,6 +77,9 @@ def write_report(out: Path, r: dict) -> None:
                 for t, recs in v.items()} for k, v in r["runs"].items()}
     write_json(out / "results.json", {**r, "runs": runs})
     p, env, s = r["protocol"], r["environment"], r["summaries"]
+    key = r.get("metric", "accuracy")
+    seg = key == "miou"
+    name = KEY_NAMES[key]
     grid = r["grid"]
     main = [k for k in r["methods"] if k not in grid]
     trials = max(len(v["seeds"]) for v in s.values())
@@ -60,31 +93,44 @@ def write_report(out: Path, r: dict) -> None:
                        f"{env['run_time_s_total']:,.0f} s)"]]), ""]
     lines += ["## Protocol\n", "Effective configuration:\n", "```", *(f"{k} = {v}" for k, v in p.items()), "```\n"]
     diffs = r["differences_from_paper"]
+    setting = ("the paper's Cityscapes setting (Sec. 5.3, appendix B.2, Table 5: DRN-D-22 on 688x688 crops of the "
+               "2,975 train images, mIoU on the 500 val images)" if seg else "the paper's appendix B")
+    if seg and r["dataset"] != "cityscapes":
+        lines.append(f"Dataset: `{r['dataset']}` stands in for Cityscapes (the paper's: 19 classes, 2,975 train and "
+                     "500 val driving frames of 2048x1024, heavy class imbalance, trained on random 688x688 crops "
+                     "with flips, evaluated whole); its sizes are `dataset_options` below, its inputs and training "
+                     "augmentation are the reader's own (fashion-mnist-scenes: 64x64 scenes, 11 classes with "
+                     "background, crops of the 4-pixel zero-padded scene and flips).\n")
     if diffs:
-        lines += ["Differences from the paper's appendix B (`paper` protocol):\n",
+        lines += [f"Differences from {setting} (`paper` protocol):\n",
                   *_table(["value", "here", "paper"], [[d["key"], d["value"], d["paper"]] for d in diffs]), ""]
     else:
-        lines.append("Identical to the paper's appendix B.\n")
+        lines.append(f"Identical to {setting}.\n")
 
-    # Fig. 7 and AUBC.
-    learning_curve({k: s[k] for k in main}, out / "fig7_learning_curves.png",
-                   title=f"{r['dataset']}, {p['name']} protocol (mean ± std over trials)")
-    lines += ["## Fig. 7: learning curves\n",
-              "Test accuracy (%) per cycle, mean ± std over trials. Ours-Semi = `cod+semi`, Ours-Task = `cod`. "
-              "The AUBC row is the area under the mean curve.\n",
+    # Fig. 7 (segmentation: Fig. 8) and AUBC.
+    fig = "fig8_miou" if seg else "fig7_learning_curves"
+    learning_curve({k: s[k] for k in main}, out / f"{fig}.png", metric=key,
+                   ylabel=f"test {name} (%)", title=f"{r['dataset']}, {p['name']} protocol (mean ± std over trials)")
+    lines += ["## Fig. 8: mIoU vs % labeled\n" if seg else "## Fig. 7: learning curves\n",
+              f"Test {name} (%) per cycle, mean ± std over trials. Ours-Semi = `cod+semi`, Ours-Task = `cod`. "
+              "The AUBC row is the area under the mean curve"
+              + (" of mIoU; pixel accuracy is in `results.json`.\n" if seg else ".\n"),
               "```", compare_table({k: s[k] for k in main}), "```\n",
-              *_table(["method", "trials", "final accuracy (%)", "AUBC (%), mean ± std over trials"],
-                      [[k, len(s[k]["seeds"]), _pm(s[k]["final_accuracy_mean"], s[k]["final_accuracy_std"], len(s[k]["seeds"])),
+              *_table(["method", "trials", f"final {name} (%)", f"AUBC of {name} (%), mean ± std over trials"],
+                      [[k, len(s[k]["seeds"]),
+                        _pm(s[k][f"final_{key}_mean"], s[k][f"final_{key}_std"], len(s[k]["seeds"])),
                         _pm(sum(s[k]["aubc_trials"]) / len(s[k]["aubc_trials"]), s[k]["aubc_std"], len(s[k]["seeds"]))]
                        for k in main]),
-              "\n![learning curves](fig7_learning_curves.png)\n"]
+              f"\n![learning curves]({fig}.png)\n"]
 
     # Table 1.
-    rows = [[entry, run, _pm(s[run]["final_accuracy_mean"], s[run]["final_accuracy_std"], len(s[run]["seeds"]))]
+    rows = [[entry, run, _pm(s[run][f"final_{key}_mean"], s[run][f"final_{key}_std"], len(s[run]["seeds"]))]
             for entry, run in r["ablation"].items() if run in s]
-    rows += [[f"baseline: {k}", k, _pm(s[k]["final_accuracy_mean"], s[k]["final_accuracy_std"], len(s[k]["seeds"]))]
+    rows += [[f"baseline: {k}", k, _pm(s[k][f"final_{key}_mean"], s[k][f"final_{key}_std"], len(s[k]["seeds"]))]
              for k in main if k not in r["ablation"].values()]
-    lines += ["## Table 1: ablation at the last cycle\n", *_table(["entry", "run", "final accuracy (%)"], rows), ""]
+    lines += ["## Table 1: ablation at the last cycle\n", *_table(["entry", "run", f"final {name} (%)"], rows), ""]
+    if seg:
+        lines += _table2(r)
 
     # Paired comparisons.
     lines += ["## Who beats whom (paired over trials)\n",
@@ -107,7 +153,10 @@ def write_report(out: Path, r: dict) -> None:
         lines += [f"## Fig. 3: mean COD and mean true loss of the unlabeled pool ({le['run']})\n",
                   "Computed from every cycle's checkpoint (COD of cycle c: this cycle's model against the "
                   "previous cycle's, softmax outputs; the true loss: cross-entropy against the hidden labels), "
-                  f"on at most {p['analysis_pool'] or 'all'} unlabeled samples per cycle; mean over trials.\n",
+                  f"on at most {p['analysis_pool'] or 'all'} unlabeled samples per cycle; mean over trials."
+                  + (" Segmentation, per image: the true loss is the per-pixel cross-entropy averaged over the "
+                     "image's pixels, COD and EMAOD are summed over its pixels, entropy is its pixel mean; recall "
+                     "and Spearman below rank images by these numbers.\n" if seg else "\n"),
                   *_table(["% labeled", "samples", "mean COD", "mean true loss"],
                           [[f"{100 * c['labeled_fraction']:.1f}", int(c["n"]), _fmt(c["mean"]["cod"], 1, 4),
                             _fmt(c["mean_loss"], 1, 4)] for c in rows_]),
@@ -140,8 +189,8 @@ def write_report(out: Path, r: dict) -> None:
     # Fig. 9 / 10.
     lines.append("## Fig. 9 / 10: CyclicOD vs EMAOD\n")
     if "emaod" in s and "cod" in s:
-        learning_curve({k: s[k] for k in ("cod", "emaod")}, out / "fig9_cod_vs_emaod.png",
-                       title="Fig. 9: COD vs EMAOD sampling (task loss only)")
+        learning_curve({k: s[k] for k in ("cod", "emaod")}, out / "fig9_cod_vs_emaod.png", metric=key,
+                       ylabel=f"test {name} (%)", title="Fig. 9: COD vs EMAOD sampling (task loss only)")
         lines += ["Sampling by COD against sampling by EMAOD, both trained on the task loss only:\n",
                   *(sentence(c) for c in r["paired"] if {c["a"], c["b"]} == {"cod", "emaod"}),
                   "\n![Fig. 9](fig9_cod_vs_emaod.png)\n"]
@@ -154,15 +203,16 @@ def write_report(out: Path, r: dict) -> None:
         label = {(float(p["lam"]), float(p["ema_decay"])): "cod+semi"}
         label.update({(lam, a): f"cod+semi λ={lam:g} α={a:g}" for lam in lams for a in alphas
                       if f"cod+semi λ={lam:g} α={a:g}" in s})
-        values = [[s[label[(lam, a)]]["final_accuracy_mean"] if (lam, a) in label else float("nan") for a in alphas]
+        values = [[s[label[(lam, a)]][f"final_{key}_mean"] if (lam, a) in label else float("nan") for a in alphas]
                   for lam in lams]
-        figures.grid_heatmap(lams, alphas, values, out / "fig12_lambda_alpha.png", "Fig. 12: cod+semi, final accuracy")
+        figures.grid_heatmap(lams, alphas, values, out / "fig12_lambda_alpha.png", f"Fig. 12: cod+semi, final {name}")
         lines += ["## Fig. 12: sensitivity to λ and α (cod+semi)\n",
                   *_table(["λ \\ α"] + [f"{a:g}" for a in alphas],
-                          [[f"{lam:g}"] + [_pm(s[label[(lam, a)]]["final_accuracy_mean"], s[label[(lam, a)]]["final_accuracy_std"],
+                          [[f"{lam:g}"] + [_pm(s[label[(lam, a)]][f"final_{key}_mean"],
+                                               s[label[(lam, a)]][f"final_{key}_std"],
                                                len(s[label[(lam, a)]]["seeds"])) if (lam, a) in label else "-"
                                            for a in alphas] for lam in lams]),
-                  f"\nFinal accuracy (%), mean ± std over trials; the grid cells ran in the first {p['grid_trials']} "
+                  f"\nFinal {name} (%), mean ± std over trials; the grid cells ran in the first {p['grid_trials']} "
                   "trial(s) only, so their comparisons with cod+semi are paired over that many.\n",
                   *(sentence(c) for c in r["paired"] if c["a"] in grid), "\n![Fig. 12](fig12_lambda_alpha.png)\n"]
 
@@ -179,6 +229,11 @@ def write_report(out: Path, r: dict) -> None:
                        for k, v in sorted(st["per_method"].items(), key=lambda kv: kv[1]["mean_s"])]), ""]
 
     # Fig. 11.
+    if seg:
+        lines += ["## Fig. 11: per-class accuracy across cycles\n",
+                  "Skipped for segmentation: Fig. 11 is a classification figure; the per-class view here is "
+                  "Table 2's per-class IoU above (every cycle's per-class IoU and pixel recall are in "
+                  "`results.json`, `runs`).\n"]
     pc = r["per_class"]
     target = "cod+semi" if "cod+semi" in pc else next(iter(pc), None)
     if target:

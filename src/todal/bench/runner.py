@@ -88,10 +88,12 @@ def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out:
               device: str | torch.device | None = None, progress: bool = False) -> ActiveLoop:
     """The ActiveLoop of one (method, trial); the trial number is the seed (same initial pool)."""
     return ActiveLoop(p.model, train_set, test_set, strategy=method.strategy, semi_supervised=method.semi,
+                      strategy_options=dict(p.strategy_options.get(method.strategy, {})),
                       initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial, flavor=p.flavor,
                       train=p.train_config(), model_options=dict(p.model_options),
                       lam=p.lam if method.lam is None else method.lam,
                       ema_decay=p.ema_decay if method.ema_decay is None else method.ema_decay,
+                      task=p.task, eval_batch_size=p.eval_batch_size,
                       workdir=run_dir(out, method, trial), device=device, progress=progress,
                       keep_checkpoints=method.label in ANALYZED)
 

@@ -15,7 +15,7 @@ from ..atomic import write_json
 from ..errors import TodalError
 from ..results import summarize
 from . import analysis
-from .protocols import Protocol, check_device, differences
+from .protocols import Protocol, check_device, differences, protocol
 from .report import write_report
 from .runner import ABLATION, Method, make_loop, plan, run_all
 
@@ -95,17 +95,56 @@ def loss_analyses(p: Protocol, methods: list[Method], train, test, out: Path, de
             "mean": [_mean_tree([r[c] for r in rows]) for c in range(n)], "spearman_std": spearman_std}
 
 
-def run_bench(p: Protocol, dataset: str, out: str | Path, *, strategies: list[str] | None = None,
+def _load(dataset: str, root: str | None, kwargs: dict):
+    from ..data import load_dataset
+
+    try:
+        return load_dataset(dataset, root=root, **kwargs)
+    except TypeError as e:
+        raise TodalError(f"The dataset {dataset!r} does not take the options {kwargs} ({e}); set the protocol's "
+                         "dataset_options for it, e.g. --set dataset_options={}.") from None
+
+
+def dataset_task(train_set) -> str:
+    """The task a dataset asks for: its `task` attribute, else classification."""
+    return getattr(train_set, "task", "classification")
+
+
+def load_for(p: Protocol | str, dataset: str, overrides=None, data_root: str | None = None):
+    """`(protocol, train, test)`: the dataset read with the reader's defaults tells the task, which picks the
+    protocol family (a name is resolved in it, with `overrides`); the dataset is read again only when the
+    protocol has reader options (`dataset_options`, classification's augmentation switch). Without
+    augmentation a segmentation dataset's paired crop + flip is dropped."""
+    if isinstance(p, str):
+        protocol(p, overrides)  # a bad override fails here, before anything is read
+    train, test = _load(dataset, data_root, {})
+    task = dataset_task(train)
+    if isinstance(p, str):
+        p = protocol(p, overrides, task=task)
+    elif p.task != task:
+        raise TodalError(f"The {p.name!r} protocol is for {p.task} but {dataset!r} is a {task} dataset; build it "
+                         f"with protocol({p.name!r}, task={task!r}).")
+    kwargs = dict(p.dataset_options)
+    if not p.augment and task == "classification":
+        kwargs.update(crop_padding=0, hflip=False)
+    if kwargs:
+        train, test = _load(dataset, data_root, kwargs)
+    if not p.augment and hasattr(train, "augment"):
+        train.augment = None
+    return p, train, test
+
+
+def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=None, strategies: list[str] | None = None,
               device: str | None = None, data_root: str | None = None, progress: bool = False,
               command: str = "", log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every run of the bench, analyse them and write `<out>/report.md` and
-    `<out>/results.json` (every number of the report) and the figures. Returns the results."""
-    from ..data import load_dataset
+    `<out>/results.json` (every number of the report) and the figures. Returns the results.
 
+    `p` is a Protocol, or a protocol name resolved with `overrides` in the family of the dataset's task
+    (classification or segmentation: see `load_for`)."""
     t0 = time.perf_counter()
     out = Path(out)
-    kwargs = {} if p.augment else {"crop_padding": 0, "hflip": False}
-    train, test = load_dataset(dataset, root=data_root, **kwargs)
+    p, train, test = load_for(p, dataset, overrides, data_root)
     methods = plan(p, strategies)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
@@ -119,12 +158,13 @@ def run_bench(p: Protocol, dataset: str, out: str | Path, *, strategies: list[st
     runs, status = run_all(p, methods, train, test, out, device=dev, progress=progress, log=log)
     labels = [m.label for m in methods]
     grid = [m.label for m in methods if m.lam is not None]
+    key = "miou" if p.task == "segmentation" else "accuracy"
     summaries = {k: summarize(v) for k, v in runs.items()}
     for k, v in runs.items():  # AUBC mean ± std over trials (summaries' "aubc" is of the mean curve)
-        vals = [analysis.run_metric(recs, "aubc") for recs in v.values()]
+        vals = [analysis.run_metric(recs, "aubc", key) for recs in v.values()]
         summaries[k]["aubc_trials"] = vals
         summaries[k]["aubc_std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
-    paired = [analysis.paired(runs, a, b, m) for a, b in comparisons(labels, grid) for m in METRICS]
+    paired = [analysis.paired(runs, a, b, m, key) for a, b in comparisons(labels, grid) for m in METRICS]
     for c in paired:
         c["verdict"] = analysis.verdict(c)
     log("== analyses")
@@ -146,8 +186,14 @@ def run_bench(p: Protocol, dataset: str, out: str | Path, *, strategies: list[st
         "methods": labels, "grid": grid, "ablation": ABLATION, "summaries": summaries, "runs": runs,
         "paired": paired, "loss_estimation": loss,
         "selection_time": {"inference_pass_s": inference_s, "pool_size": n_pool, "per_method": times},
-        "per_class": {k: analysis.per_class(runs[k]) for k in labels
+        "task": p.task, "metric": key,
+        "per_class": {} if p.task == "segmentation" else
+                     {k: analysis.per_class(runs[k]) for k in labels
                       if all("per_class_accuracy" in r for recs in runs[k].values() for r in recs)},
+        "class_iou": {} if p.task != "segmentation" else
+                     {b: analysis.class_iou_with_and_without(runs[b], runs[f"{b}+semi"])
+                      for b in ("cod", "random") if b in runs and f"{b}+semi" in runs},
+        "class_names": list(getattr(train, "classes", []) or []),
         "fig10": "not run: the loop's unsupervised loss is Eq. 7 against the EMA teacher (or the official "
                  "two-head variant); it has no option to use the previous cycle's model (CyclicOD) as the "
                  "consistency target, so the CyclicOD-vs-EMAOD unsupervised-loss ablation is skipped.",

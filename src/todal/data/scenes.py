@@ -117,6 +117,7 @@ class SegmentationData:
     mask together, for a training loop that knows about it.
     """
 
+    task = "segmentation"  # what `todal.loop.default_task` and `todal bench` read
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
