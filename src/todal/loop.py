@@ -49,14 +49,10 @@ PIXELS_PER_BATCH = 2**20
 
 
 def default_task(dataset) -> str:
-    """The dataset's own `task` attribute, "segmentation" for the segmentation readers
-    (`todal.data.scenes.SegmentationData`), else "classification"."""
+    """The dataset's own `task` attribute (the segmentation readers set "segmentation"), else
+    "classification"."""
     task = getattr(dataset, "task", None)
-    if isinstance(task, str) and task:
-        return task
-    from .data.scenes import SegmentationData
-
-    return "segmentation" if isinstance(dataset, SegmentationData) else "classification"
+    return task if isinstance(task, str) and task else "classification"
 
 
 def default_eval_batch_size(dataset, dense: bool) -> int:
