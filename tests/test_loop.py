@@ -12,7 +12,7 @@ import torch
 
 import todal.atomic
 import todal.loop
-from tinydata import blobs, mlp
+from tinydata import Killed, blobs, mlp, run_until_killed
 from todal import ActiveLoop
 from todal.errors import TodalError
 from todal.oracle import FileOracle
@@ -52,10 +52,6 @@ def test_different_seeds_differ(tmp_path):
     assert strip(make(tmp_path / "a").run()) != strip(make(tmp_path / "b", seed=1).run())
 
 
-class Killed(Exception):
-    pass
-
-
 def _uninterrupted(tmp_path, **kw):
     return strip(make(tmp_path / "ref", **kw).run())
 
@@ -63,20 +59,7 @@ def _uninterrupted(tmp_path, **kw):
 @pytest.mark.parametrize("kill_after", range(1, 11))
 def test_resume_after_any_completed_stage(tmp_path, monkeypatch, kill_after):
     expected = _uninterrupted(tmp_path)
-    real = todal.loop.write_json
-    count = {"n": 0}
-
-    def dying(path, obj):
-        real(path, obj)
-        if Path(path).name == "progress.json":
-            count["n"] += 1
-            if count["n"] == kill_after:
-                raise Killed
-
-    monkeypatch.setattr(todal.loop, "write_json", dying)
-    with pytest.raises(Killed):
-        make(tmp_path / "run").run()
-    monkeypatch.setattr(todal.loop, "write_json", real)
+    run_until_killed(lambda: make(tmp_path / "run").run(), monkeypatch, kill_after)
     assert strip(make(tmp_path / "run").run()) == expected
 
 

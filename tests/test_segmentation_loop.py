@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import todal.loop
+from tinydata import run_until_killed
 from todal import ActiveLoop, Pool
 from todal.cli import main
 from todal.data import registry
@@ -89,10 +89,6 @@ def make(workdir, strategy="cod", **kw):
                       model_options={"width": 0.25}, eval_batch_size=16, workdir=workdir, seed=0, **kw)
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     return strip(make(tmp_path_factory.mktemp("ref")).run())
@@ -101,20 +97,7 @@ def uninterrupted(tmp_path_factory):
 @pytest.mark.parametrize("kill_after", [2, 3, 6])
 def test_resume_after_a_kill_gives_the_same_run(tmp_path, monkeypatch, uninterrupted, kill_after):
     expected = uninterrupted
-    real = todal.loop.write_json
-    count = {"n": 0}
-
-    def dying(path, obj):
-        real(path, obj)
-        if Path(path).name == "progress.json":
-            count["n"] += 1
-            if count["n"] == kill_after:
-                raise Killed
-
-    monkeypatch.setattr(todal.loop, "write_json", dying)
-    with pytest.raises(Killed):
-        make(tmp_path / "run").run()
-    monkeypatch.setattr(todal.loop, "write_json", real)
+    run_until_killed(lambda: make(tmp_path / "run").run(), monkeypatch, kill_after)
     assert strip(make(tmp_path / "run").run()) == expected
     assert [len(r.get("selected", [])) for r in expected] == [8, 8, 0]
 

@@ -34,3 +34,33 @@ def blobs(n: int, seed: int, classes: int = 3, dim: int = 8, name: str = "tiny")
 
 def mlp(dim: int = 8, classes: int = 3) -> nn.Module:
     return nn.Sequential(nn.Linear(dim, 16), nn.ReLU(), nn.Linear(16, classes))
+
+
+class Killed(Exception):
+    """Stands for the process being killed between two stages of a run."""
+
+
+def run_until_killed(run, monkeypatch, after: int) -> None:
+    """Call `run()` with the loop dying right after its `after`-th write of progress.json."""
+    from pathlib import Path
+
+    import pytest
+
+    import todal.loop
+
+    real = todal.loop.write_json
+    count = {"n": 0}
+
+    def dying(path, obj):
+        real(path, obj)
+        if Path(path).name == "progress.json":
+            count["n"] += 1
+            if count["n"] == after:
+                raise Killed
+
+    monkeypatch.setattr(todal.loop, "write_json", dying)
+    try:
+        with pytest.raises(Killed):
+            run()
+    finally:
+        monkeypatch.setattr(todal.loop, "write_json", real)

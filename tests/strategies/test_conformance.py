@@ -1,11 +1,9 @@
 """The check suite every registered strategy passes (STYLE principle 4)."""
 
 import copy
-import warnings
 
 import pytest
 import torch
-from torch import nn
 
 from tinydata import blobs, mlp
 from todal import strategies

@@ -5,13 +5,10 @@ committee) keep them in their state, which the loop saves; a run killed before s
 select exactly what an uninterrupted run selects.
 """
 
-from pathlib import Path
-
 import pytest
 import torch
 
-import todal.loop
-from tinydata import blobs, mlp
+from tinydata import blobs, mlp, run_until_killed
 from todal import ActiveLoop, strategies
 from todal.data import load_dataset
 
@@ -40,10 +37,6 @@ def test_runs_one_cycle_on_digits_with_the_small_cnn(name, digits, tmp_path):
     assert 0.0 <= records[-1]["accuracy"] <= 1.0
 
 
-class Killed(Exception):
-    pass
-
-
 def make(workdir, name):
     return ActiveLoop(mlp, blobs(90, 0), blobs(30, 1), strategy=name, semi_supervised=False, initial=15,
                       budget=8, cycles=3, epochs=2, train={"batch_size": 8, "lr": 0.05}, workdir=workdir, seed=0)
@@ -52,21 +45,8 @@ def make(workdir, name):
 @pytest.mark.parametrize("name", strategies.names())
 def test_resumed_run_selects_what_an_uninterrupted_run_selects(name, tmp_path, monkeypatch):
     expected = strip(make(tmp_path / "ref", name).run())
-    real = todal.loop.write_json
     # progress.json writes: 3 = cycle 0 evaluated (next: select), 6 = cycle 1 trained (next: evaluate)
     for kill_after in (3, 6):
-        count = {"n": 0}
-
-        def dying(path, obj):
-            real(path, obj)
-            if Path(path).name == "progress.json":
-                count["n"] += 1
-                if count["n"] == kill_after:
-                    raise Killed
-
         run = tmp_path / f"killed{kill_after}"
-        monkeypatch.setattr(todal.loop, "write_json", dying)
-        with pytest.raises(Killed):
-            make(run, name).run()
-        monkeypatch.setattr(todal.loop, "write_json", real)
+        run_until_killed(lambda: make(run, name).run(), monkeypatch, kill_after)
         assert strip(make(run, name).run()) == expected

@@ -1,14 +1,13 @@
 """LL4AL: the ranking loss, the loss module, its training inside fit(), selection, state, options."""
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import todal.loop
-from tinydata import TinyData, blobs, mlp
+from tinydata import TinyData, blobs, mlp, run_until_killed
 from todal import ActiveLoop, models, strategies
 from todal.strategies import Context
 from todal.strategies.learning_loss import LearningLoss, LossNet, LossPrediction, ranking_loss
@@ -301,10 +300,6 @@ def make(workdir):
                       budget=10, cycles=3, epochs=2, train={"batch_size": 8, "lr": 0.05}, workdir=workdir)
 
 
-class Killed(Exception):
-    pass
-
-
 def watch_fit(monkeypatch) -> tuple[list, list]:
     """The loss module's weights as each cycle's training starts (None: no module yet) and ends."""
     starts, ends, real = [], [], todal.loop.fit
@@ -340,19 +335,7 @@ def test_loop_keeps_training_the_module_and_resumes(tmp_path, monkeypatch, kill_
     assert not same(ends[1], ends[2])
     ref_ends = list(ends)
 
-    real, count = todal.loop.write_json, {"n": 0}
-
-    def dying(path, obj):
-        real(path, obj)
-        if Path(path).name == "progress.json":
-            count["n"] += 1
-            if count["n"] == kill_after:
-                raise Killed
-
-    monkeypatch.setattr(todal.loop, "write_json", dying)
-    with pytest.raises(Killed):
-        make(tmp_path / "run").run()
-    monkeypatch.setattr(todal.loop, "write_json", real)
+    run_until_killed(lambda: make(tmp_path / "run").run(), monkeypatch, kill_after)
     starts.clear()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no trained loss-prediction module")
