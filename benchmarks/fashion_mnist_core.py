@@ -29,6 +29,7 @@ import torch
 
 from todal import ActiveLoop, TrainConfig, fit, strategies
 from todal.atomic import write_json, write_text
+from todal.bench.suite import device_name
 from todal.data import load_dataset
 from todal.ema import EMA
 from todal.inference import predict
@@ -126,14 +127,6 @@ def timings(train, test, work: Path, device: str = "cpu") -> dict:
         "entropy_over_inference": t_ent / t_inf,
         "supervised_epoch_s": t_sup, "semi_epoch_s": t_semi, "semi_over_supervised_epoch": t_semi / t_sup,
     }
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
 def paired(summaries_runs: dict, a: str, b: str, key: str) -> dict:

@@ -30,6 +30,7 @@ import torch
 
 from todal import TrainConfig, fit, models, strategies
 from todal.atomic import write_json, write_text
+from todal.bench.suite import device_name
 from todal.data import load_dataset
 from todal.ema import EMA
 from todal.inference import predict
@@ -52,14 +53,6 @@ def reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
-    return f"cpu: {model}, {torch.get_num_threads()} threads"
 
 
 def main(argv=None) -> None:

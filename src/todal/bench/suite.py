@@ -36,9 +36,13 @@ def git_commit() -> str | None:
 
 
 def device_name(device: torch.device) -> str:
+    """"NVIDIA H100 80GB HBM3", or "cpu: <processor model>, <n> threads" (timings are kept per device)."""
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (cuda)"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+        return torch.cuda.get_device_name(device)
+    info = Path("/proc/cpuinfo")
+    model = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
+                  if line.startswith("model name")), None) if info.exists() else None
+    return f"cpu: {model or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def comparisons(labels: list[str], grid: list[str]) -> list[tuple[str, str]]:
