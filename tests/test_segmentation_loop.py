@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import todal.loop
-from tinydata import run_until_killed
+from tinydata import largest_tensor_while, run_until_killed
 from todal import ActiveLoop, Pool
 from todal.cli import main
 from todal.data import registry
@@ -247,21 +246,6 @@ def test_cod_keeps_no_dense_outputs_between_cycles():
     assert cod.state_dict() == {"cache": {}}
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any torch operation produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("strategy", ["cod", "emaod", "entropy", "margin", "least_confidence"])
 def test_scoring_memory_does_not_grow_with_the_pool(strategy):
     """By construction: the largest tensor built while scoring is the same for a pool 4x larger,
@@ -269,9 +253,7 @@ def test_scoring_memory_does_not_grow_with_the_pool(strategy):
     largest = []
     for n in (40, 160):
         ctx, *_ = context(n, batch_size=8)
-        with LargestTensor() as mode:
-            get(strategy).select(ctx, 5)
-        largest.append(mode.largest)
+        largest.append(largest_tensor_while(lambda: get(strategy).select(ctx, 5)))
     assert largest[0] == largest[1]
     assert largest[1] <= 8 * 4 * 8 * 8  # one batch of the widest activation (8 samples x 4 x 8 x 8)
     assert largest[1] < 156 * 3 * 8 * 8 / 10

@@ -64,3 +64,24 @@ def run_until_killed(run, monkeypatch, after: int) -> None:
             run()
     finally:
         monkeypatch.setattr(todal.loop, "write_json", real)
+
+
+def largest_tensor_while(fn) -> int:
+    """The largest tensor (in elements) any torch operation produces while `fn()` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LargestTensor(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    with LargestTensor() as mode:
+        fn()
+    return mode.largest

@@ -9,8 +9,9 @@ from torch import nn
 from tinydata import TinyData
 from todal import models, strategies
 from todal.strategies import Context
+from todal.strategies.base import top_k_with_tiebreak
 from todal.strategies.bayesian import (PassStats, bald, max_entropy, stochastic_outputs, stochastic_scores,
-                                       top_k_with_tiebreak, variation_ratio)
+                                       variation_ratio)
 from todal.tasks import Classification
 
 # [T=3, N=2, C=2]: sample 0's passes vote 0, 0, 1; sample 1's passes all say (0.6, 0.4)

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from tinydata import largest_tensor_while
 from todal import strategies
 from todal.strategies import Context, committee
 from todal.strategies.adversarial import online_uncertainty
@@ -59,27 +59,6 @@ def select(name: str, ctx: Context, k: int = 5) -> torch.Tensor:
     return strategies.get(name, **OPTIONS[name]).select(ctx, k)
 
 
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor (in elements) any torch operation produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
-def largest_while(fn) -> int:
-    with LargestTensor() as mode:
-        fn()
-    return mode.largest
-
-
 # ---------------------------------------------------------------- the selection contract
 
 
@@ -107,7 +86,7 @@ def test_sraal_indicator_is_computed_per_batch(monkeypatch):
         whole = online_uncertainty(torch.softmax(ctx.model.eval()(ctx.dataset.x[ctx.unlabeled]), 1))
     sraal = strategies.get("sraal", **OPTIONS["sraal"])
     monkeypatch.setattr(Context, "outputs", lambda *a, **k: pytest.fail("SRAAL built whole-pool outputs"))
-    largest = largest_while(lambda: sraal._side(ctx, ctx.unlabeled))
+    largest = largest_tensor_while(lambda: sraal._side(ctx, ctx.unlabeled))
     assert largest <= BATCH * OUTPUT < len(ctx.unlabeled) * OUTPUT
     side = sraal._side(ctx, ctx.unlabeled)
     assert torch.allclose(side["state_u"], 1 - whole, atol=1e-6)
@@ -133,7 +112,7 @@ def test_qbc_uses_whole_network_members_for_dense_outputs(monkeypatch):
 @pytest.mark.parametrize("name", NAMES)
 def test_selection_memory_does_not_grow_with_the_pool(name):
     contexts = [dense_ctx(n) for n in (20, 60)]  # built outside: the dataset itself is pool-sized
-    largest = [largest_while(lambda ctx=ctx: select(name, ctx)) for ctx in contexts]
+    largest = [largest_tensor_while(lambda ctx=ctx: select(name, ctx)) for ctx in contexts]
     assert largest[0] == largest[1]
     assert largest[1] < 54 * OUTPUT  # below the 54 unlabeled samples' outputs (SRAAL's VAE is the largest)
 
@@ -144,7 +123,7 @@ def test_dropout_passes_keep_one_batch_of_outputs(name, passes):
     # all T passes of a batch at once would be T x 4 x 3 x 8 x 8 elements
     ctx = dense_ctx()
     strategy = strategies.get(name, passes=passes)
-    assert largest_while(lambda: strategy.select(ctx, 5)) <= BATCH * OUTPUT
+    assert largest_tensor_while(lambda: strategy.select(ctx, 5)) <= BATCH * OUTPUT
 
 
 def test_dropout_on_a_model_without_dropout_or_linear_is_a_clear_error():

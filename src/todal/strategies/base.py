@@ -189,6 +189,13 @@ def top_k(scores: Tensor, k: int, *, largest: bool = True) -> Tensor:
     return torch.sort(s, descending=largest, stable=True).indices[:k]
 
 
+def top_k_with_tiebreak(primary: Tensor, secondary: Tensor, k: int) -> Tensor:
+    """Positions of the k best `primary` scores; ties (common for vote counts) go to the higher
+    `secondary` score, then to index order."""
+    by_secondary = top_k(secondary, len(secondary))
+    return by_secondary[top_k(primary[by_secondary], k)]
+
+
 class Strategy(abc.ABC):
     """Base of every strategy: validates the budget and the answer; subclasses supply `_select`.
 
@@ -248,7 +255,15 @@ class ScoreStrategy(Strategy):
         """True to pick the lowest scores instead (the official code's first COD cycle)."""
         return False
 
+    def score_with_tiebreak(self, ctx: Context, candidates: Tensor) -> tuple[Tensor, Tensor | None]:
+        """`(score, tiebreak)`: scores with few distinct values (vote counts) also return a `[n]`
+        secondary score that orders their ties, higher first; None: ties keep index order."""
+        return self.score(ctx, candidates), None
+
     def _select(self, ctx: Context, k: int) -> Tensor:
         cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
-        scores = self.score(ctx, cand)
-        return cand[top_k(scores, k, largest=not self.ascending(ctx))]
+        scores, tiebreak = self.score_with_tiebreak(ctx, cand)
+        if tiebreak is None:
+            return cand[top_k(scores, k, largest=not self.ascending(ctx))]
+        sign = -1.0 if self.ascending(ctx) else 1.0
+        return cand[top_k_with_tiebreak(sign * scores, tiebreak, k)]

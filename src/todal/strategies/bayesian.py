@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..errors import TodalError, check_choice, param_error
 from ..models import Classifier, dropout_active, with_dropout
 from . import register
-from .base import Context, ScoreStrategy, top_k
+from .base import Context, ScoreStrategy
 
 
 def _per_sample(per_elem: Tensor) -> Tensor:
@@ -78,13 +78,6 @@ def bald(probs: Tensor) -> Tensor:
 
 
 ACQUISITIONS = {"variation_ratio": variation_ratio, "max_entropy": max_entropy, "bald": bald}
-
-
-def top_k_with_tiebreak(primary: Tensor, secondary: Tensor, k: int) -> Tensor:
-    """Positions of the k best `primary` scores; ties (common for vote counts) go to the higher
-    `secondary` score, then to index order."""
-    by_secondary = top_k(secondary, len(secondary))
-    return by_secondary[top_k(primary[by_secondary], k)]
 
 
 def has_dropout(model: nn.Module) -> bool:
@@ -207,10 +200,8 @@ class _MCDropout(ScoreStrategy):
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         return self._scores(ctx, candidates)[0]
 
-    def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
-        scores, entropies = self._scores(ctx, cand)
-        return cand[top_k_with_tiebreak(scores, entropies, k)]
+    def score_with_tiebreak(self, ctx: Context, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        return self._scores(ctx, candidates)  # ties of the variation ratio go to the higher entropy
 
 
 @register

@@ -21,7 +21,6 @@ from ..train import TrainConfig, fit
 from . import register
 from .base import Context, ScoreStrategy
 from .badge import outputs_and_features
-from .bayesian import top_k_with_tiebreak
 
 
 def _per_sample(per_elem: Tensor) -> Tensor:
@@ -207,7 +206,5 @@ class QBC(ScoreStrategy):
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         return self._scores(ctx, candidates)[0]
 
-    def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
-        scores, kls = self._scores(ctx, cand)
-        return cand[top_k_with_tiebreak(scores, kls, k)]
+    def score_with_tiebreak(self, ctx: Context, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        return self._scores(ctx, candidates)  # ties of the vote entropy go to the higher consensus KL
