@@ -203,3 +203,29 @@ def test_restored_teacher_is_on_the_model_device(tmp_path):
 def test_loop_selects_on_cuda(tmp_path, strategy):
     records = make(tmp_path, strategy=strategy, semi=True, device="cuda").run()
     assert [r["labeled"] for r in records] == [20, 30, 40]
+
+
+def test_cyclic_consistency_targets_the_previous_cycles_model(tmp_path, monkeypatch):
+    """Fig. 10's CyclicOD loss: cycle 0 has no previous model (task loss only, as a supervised run), later
+    cycles train against the model the previous cycle ended with."""
+    import todal.loop as loop_module
+
+    targets = []
+    real_fit = loop_module.fit
+
+    def spy(model, *a, teacher=None, consistency=None, **kw):
+        targets.append((consistency, None if teacher is None else
+                        [p.detach().clone() for p in teacher.parameters()], [p.detach().clone() for p in model.parameters()]))
+        return real_fit(model, *a, teacher=teacher, consistency=consistency, **kw)
+
+    monkeypatch.setattr(loop_module, "fit", spy)
+    cyc = make(tmp_path / "cyclic", flavor_overrides={"consistency": "cyclic"}).run()
+    sup = make(tmp_path / "sup", semi=False).run()
+    assert strip(cyc)[0] == strip(sup)[0]  # the first cycle is the task loss alone
+    assert targets[0][0] is None and targets[0][1] is None
+    for consistency, teacher, start in targets[1:3]:
+        assert consistency == "eq7"
+        assert all(torch.equal(a, b) for a, b in zip(teacher, start))  # target = where this cycle starts
+    assert strip(cyc)[1] != strip(sup)[1]
+    with pytest.raises(TodalError, match="consistency"):
+        make(tmp_path / "bad", flavor_overrides={"consistency": "nope"})

@@ -46,6 +46,25 @@ def test_ema_updates_after_every_step_and_teacher_gets_no_gradient():
     assert any(not torch.equal(a, b) for a, b in zip(before, ema.model.parameters()))
 
 
+def test_a_fixed_teacher_is_the_target_and_stays_fixed():
+    """teacher= (the CyclicOD loss): one step matches the hand gradient against that model, not the EMA's."""
+    torch.manual_seed(0)
+    ds = blobs(8, 0)
+    labeled, unlabeled = torch.arange(4), torch.arange(4, 8)
+    model, fixed = mlp(), mlp()
+    expected, frozen = copy.deepcopy(model), copy.deepcopy(fixed)
+    ema = EMA(model, 0.5)  # a different target, which must not be used
+    xl, yl, xu = ds.x[labeled], ds.y[labeled], ds.x[unlabeled]
+    loss = F.cross_entropy(expected(xl), yl) + 0.5 * ((expected(xu) - fixed(xu)) ** 2).sum(1).mean()
+    grads = torch.autograd.grad(loss, list(expected.parameters()))
+    fit(model, Classification(3), ds, labeled, unlabeled=unlabeled, ema=ema, teacher=fixed, consistency="eq7",
+        lam=0.5, cfg=_one_step_cfg(4), generator=torch.Generator().manual_seed(0))
+    for p, q, g in zip(model.parameters(), expected.parameters(), grads):
+        assert torch.allclose(p, q - 0.1 * g, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(fixed.parameters(), frozen.parameters()))
+    assert ema.step == 1  # the EMA still follows the model
+
+
 def test_task_only_training_learns_blobs():
     ds, test = blobs(90, 0), blobs(60, 1)
     model = mlp()
@@ -68,7 +87,7 @@ def test_official_consistency_needs_a_second_head():
 
 
 def test_consistency_without_teacher_is_refused():
-    with pytest.raises(TodalError, match="used with an EMA teacher"):
+    with pytest.raises(TodalError, match="used with a teacher"):
         fit(mlp(), Classification(3), blobs(8, 0), torch.arange(4), consistency="eq7",
             cfg=_one_step_cfg(4), generator=torch.Generator())
 

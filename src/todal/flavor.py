@@ -29,7 +29,9 @@ class Flavor:
     first_reference: cycle-0 COD reference, "initial" = the student's own initial weights (paper),
         "independent" = a separately initialized network (code).
     consistency: "eq7" = Eq. 7 on the unlabeled batch, or "official" = MSE of a second head
-        against the teacher on labeled and unlabeled batches plus MSE between the two heads.
+        against the teacher on labeled and unlabeled batches plus MSE between the two heads, or
+        "cyclic" = Eq. 7 against the previous cycle's model instead of the EMA teacher (the CyclicOD
+        loss of Fig. 10; the first cycle, with no previous model, trains on the task loss only).
     lam: λ of Eq. 9.
     ema_init: "copy" of the student, or "independent" initialization (code).
     ema_buffers: average BatchNorm buffers too (paper), or parameters only (code).

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .atomic import torch_save, write_json, write_jsonl
 from .ema import EMA
-from .errors import TodalError, param_error
+from .errors import TodalError, check_choice, param_error
 from .flavor import Flavor, flavor_for
 from .inference import chunks, fetch
 from .oracle import FileOracle, SimulatedOracle
@@ -184,6 +184,7 @@ class ActiveLoop:
         fl = fl.replace(**{**(flavor_overrides or {}),
                            **({"lam": float(lam)} if lam is not None else {}),
                            **({"score_subset": score_subset} if score_subset is not None else {})})
+        check_choice("consistency", owner, fl.consistency, ("eq7", "official", "cyclic"))
         if fl.score_subset is not None and fl.score_subset < 1:
             raise param_error("score_subset", owner, "an int >= 1 or None (the whole pool)", fl.score_subset)
         self.flavor: Flavor = fl
@@ -338,10 +339,17 @@ class ActiveLoop:
         if self.config.reinit and c > 0:
             model.load_state_dict(self._new_model("reinit", c).state_dict())
         semi = self.config.semi_supervised
+        consistency, teacher = (self.flavor.consistency if semi else None), None
+        if consistency == "cyclic":  # Fig. 10: the target is the model as the last cycle left it
+            consistency = "eq7" if c > 0 else None
+            if c > 0:
+                teacher = self._new_model("init")
+                teacher.load_state_dict(start["model"])
+                teacher.requires_grad_(False)
         with seeded(seed, "train", c):
             stats = fit(model, self.task, self.train_set, pool.labeled, cfg=self.train_cfg,
-                        generator=generator(seed, "train", c), unlabeled=pool.unlabeled if semi else None,
-                        ema=ema, consistency=self.flavor.consistency if semi else None, lam=self.flavor.lam,
+                        generator=generator(seed, "train", c), unlabeled=pool.unlabeled if consistency else None,
+                        ema=ema, consistency=consistency, teacher=teacher, lam=self.flavor.lam,
                         teacher_train_mode=self.flavor.teacher_train_mode,
                         objectives=self.strategy.objectives(), device=self.device,
                         progress=f"cycle {c} train" if self.progress else None)

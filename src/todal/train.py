@@ -87,6 +87,7 @@ def fit(
     unlabeled: Tensor | None = None,
     ema: EMA | None = None,
     consistency: str | None = None,
+    teacher: nn.Module | None = None,
     lam: float = 0.05,
     teacher_train_mode: bool = False,
     objectives: Sequence[Objective] = (),
@@ -103,7 +104,9 @@ def fit(
 
     consistency: None (task loss only; the EMA, if given, still follows the model), "eq7"
         (Eq. 7 on the unlabeled batch), or "official" (the authors' two-head MSE, needs
-        `model.heads(x)`); both need `ema` and `unlabeled`.
+        `model.heads(x)`); both need `unlabeled` and a teacher.
+    teacher: a fixed consistency target (the previous cycle's model: the CyclicOD loss of Fig. 10);
+        default `ema.model`, the EMA teacher. The EMA, if given, still follows the model.
     """
     device = torch.device(device or "cpu")
     labeled = torch.as_tensor(labeled, dtype=torch.long)
@@ -111,9 +114,9 @@ def fit(
         raise param_error("labeled", "fit", "a non-empty set of indices", "[]")
     if consistency is not None:
         check_choice("consistency", "fit", consistency, ("eq7", "official"))
-        if ema is None or unlabeled is None or len(unlabeled) == 0:
-            raise param_error("consistency", "fit", "used with an EMA teacher and a non-empty unlabeled set",
-                              consistency, "Pass ema= and unlabeled=, or consistency=None.")
+        if (ema is None and teacher is None) or unlabeled is None or len(unlabeled) == 0:
+            raise param_error("consistency", "fit", "used with a teacher (ema= or teacher=) and a non-empty "
+                              "unlabeled set", consistency, "Pass ema= and unlabeled=, or consistency=None.")
         if consistency == "official" and not hasattr(model, "heads"):
             raise param_error("consistency", "fit", "'eq7' for a model without a second head", consistency,
                               "Build the model with second_head=True for the official consistency.")
@@ -145,7 +148,10 @@ def fit(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=cfg.lr_drop)
     steps_per_epoch = -(-len(labeled) // cfg.batch_size)
     unl = _Cycler(unlabeled, cfg.unlabeled_batch_size or cfg.batch_size, generator) if consistency else None
-    teacher = ema.model.to(device) if ema is not None else None
+    if teacher is None and ema is not None:
+        teacher = ema.model
+    if teacher is not None:
+        teacher.to(device)
 
     t0, steps, epoch_loss = time.perf_counter(), 0, float("nan")
     bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")

@@ -18,10 +18,12 @@ def test_paper_protocol_is_appendix_b():
     assert differences(p) == []
 
 
-def test_cpu_protocol_matches_the_fashion_mnist_core_benchmark():
+def test_cpu_protocol_is_the_scaled_experiment_with_the_papers_cycles_and_trials():
     p = protocol("cpu")
-    assert (p.model, p.model_options, p.epochs, p.batch_size, p.lr) == ("small_cnn", {"width": 0.5}, 12, 64, 0.05)
-    assert (p.initial, p.budget, p.cycles, p.trials) == (1000, 500, 7, 3)
+    assert (p.model, p.model_options, p.epochs, p.batch_size, p.lr) == ("small_cnn", {"width": 0.5}, 10, 64, 0.05)
+    assert (p.initial, p.budget, p.cycles, p.trials, p.score_subset) == (500, 250, 7, 3, 10000)
+    assert (p.ema_decay, p.lam) == (PAPER.ema_decay, PAPER.lam)
+    assert protocol("cpu", ["score_subset=null"]).score_subset is None
 
 
 def test_overrides_are_parsed_by_the_type_of_the_default():

@@ -10,7 +10,7 @@ import torch
 from todal import ActiveLoop, strategies
 from todal.bench import cli, protocols
 from todal.bench.protocols import protocol
-from todal.bench.runner import Method, plan, run_all
+from todal.bench.runner import Method, RunLock, plan, run_all
 from todal.data import load_dataset
 from todal.errors import TodalError
 
@@ -21,7 +21,8 @@ def test_plan_adds_the_ablation_fig9_and_the_grid():
     p = protocol("smoke", ["grid_lams=[0.05,0.1]", "grid_alphas=[0.99,0.999]"])
     labels = [m.label for m in plan(p, ["entropy", "ll4al+semi"])]
     assert labels[:6] == ["entropy", "ll4al+semi", "random", "random+semi", "cod", "cod+semi"]
-    assert "emaod" in labels
+    assert "emaod" in labels and "cod+cyclic" in labels  # Fig. 9, Fig. 10
+    assert plan(p, ["cod+cyclic"])[0] == Method("cod", True, cyclic=True)
     # the grid, minus the protocol's own (λ, α), which is cod+semi itself
     assert [x for x in labels if "λ" in x] == ["cod+semi λ=0.05 α=0.99", "cod+semi λ=0.1 α=0.99",
                                               "cod+semi λ=0.1 α=0.999"]
@@ -29,8 +30,26 @@ def test_plan_adds_the_ablation_fig9_and_the_grid():
     assert Method("cod", True, 0.1, 0.99).slug == "cod+semi-lam0.1-alpha0.99"
     with pytest.raises(TodalError, match="Unknown strategy 'nope'"):
         plan(p, ["nope"])
-    with pytest.raises(TodalError, match="is not NAME or NAME\\+semi"):
+    with pytest.raises(TodalError, match="is not NAME, NAME\\+semi or NAME\\+cyclic"):
         plan(p, ["cod+task"])
+
+
+def test_a_run_another_process_holds_is_skipped_then_waited_for(tmp_path):
+    p = protocol("smoke", TINY)
+    train, test = load_dataset("digits")
+    held = RunLock(tmp_path, "random-trial0")
+    assert held.acquire(wait=False)
+    seen = []
+
+    def log(line):  # the other process finishes once this one has moved on
+        seen.append(line)
+        if "another process" in line:
+            held.release()
+
+    runs, status = run_all(p, plan(p, ["random"]), train, test, tmp_path, log=log)
+    assert seen[0] == "== random-trial0: another process is running it; later"
+    assert status["ran"][-1] == "random-trial0" and len(status["ran"]) == 4
+    assert list(runs) == ["random", "random+semi", "cod", "cod+semi"] and len(runs["random"][0]) == 2
 
 
 def test_an_interrupted_bench_reuses_its_finished_runs(tmp_path, monkeypatch):

@@ -3,11 +3,17 @@
 Each run is an ordinary resumable run directory, so an interrupted bench redoes at most one stage
 of one run, and adding a strategy (or a trial) reuses every finished run: a run whose directory
 already holds the same configuration is resumed, never restarted.
+
+Several bench processes may share one `--out` (one per GPU, or per core): a run is trained under an
+exclusive lock (`<out>/locks/`, released by the OS if the process dies), a process skips the runs another
+one holds and waits for them only at the end, so every process still writes the complete report.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -27,16 +33,21 @@ ANALYZED = ("cod+semi", "cod", "ll4al")
 
 @dataclass(frozen=True)
 class Method:
-    """One bench method: a strategy, with or without the TOD loss, and optionally its own λ and α."""
+    """One bench method: a strategy, with or without the TOD loss, and optionally its own λ and α.
+
+    cyclic: the unsupervised loss is against the previous cycle's model (CyclicOD loss, Fig. 10) instead
+        of the EMA teacher; implies `semi`.
+    """
 
     strategy: str
     semi: bool = False
     lam: float | None = None
     ema_decay: float | None = None
+    cyclic: bool = False
 
     @property
     def label(self) -> str:
-        text = f"{self.strategy}+semi" if self.semi else self.strategy
+        text = f"{self.strategy}+cyclic" if self.cyclic else f"{self.strategy}+semi" if self.semi else self.strategy
         if self.lam is not None or self.ema_decay is not None:
             text += f" λ={self.lam:g} α={self.ema_decay:g}"
         return text
@@ -48,16 +59,18 @@ class Method:
 
 
 def parse_method(spec: str) -> Method:
-    """'cod' or 'cod+semi' -> Method; unknown strategies list the valid ones."""
+    """'cod', 'cod+semi' (EMAOD loss) or 'cod+cyclic' (CyclicOD loss) -> Method; unknown strategies list
+    the valid ones."""
     name, _, suffix = spec.strip().partition("+")
-    if suffix not in ("", "semi"):
-        raise TodalError(f"Strategy spec {spec!r} is not NAME or NAME+semi; write e.g. cod+semi.")
+    if suffix not in ("", "semi", "cyclic"):
+        raise TodalError(f"Strategy spec {spec!r} is not NAME, NAME+semi or NAME+cyclic; write e.g. cod+semi.")
     strategies.get(name)
-    return Method(name, suffix == "semi")
+    return Method(name, suffix in ("semi", "cyclic"), cyclic=suffix == "cyclic")
 
 
 def plan(p: Protocol, specs: list[str] | tuple | None = None) -> list[Method]:
-    """The methods of a bench: the requested ones, the Table 1 ablation, Fig. 9's EMAOD, Fig. 12's grid."""
+    """The methods of a bench: the requested ones, the Table 1 ablation, Fig. 9's EMAOD and Fig. 10's
+    CyclicOD loss (`fig9`), Fig. 12's grid."""
     out: list[Method] = []
 
     def add(m: Method) -> None:
@@ -73,6 +86,7 @@ def plan(p: Protocol, specs: list[str] | tuple | None = None) -> list[Method]:
         add(parse_method(spec))
     if p.fig9:
         add(Method("emaod"))
+        add(Method("cod", True, cyclic=True))
     for lam in p.grid_lams:
         for alpha in p.grid_alphas:
             if (float(lam), float(alpha)) != (p.lam, p.ema_decay):  # that cell is cod+semi itself
@@ -90,6 +104,8 @@ def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out:
     return ActiveLoop(p.model, train_set, test_set, strategy=method.strategy, semi_supervised=method.semi,
                       strategy_options=dict(p.strategy_options.get(method.strategy, {})),
                       initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial, flavor=p.flavor,
+                      flavor_overrides={"consistency": "cyclic"} if method.cyclic else None,
+                      score_subset=p.score_subset,
                       train=p.train_config(), model_options=dict(p.model_options),
                       lam=p.lam if method.lam is None else method.lam,
                       ema_decay=p.ema_decay if method.ema_decay is None else method.ema_decay,
@@ -103,22 +119,59 @@ def is_done(path: Path) -> bool:
     return prog.exists() and json.loads(prog.read_text()).get("stage") == "done"
 
 
+class RunLock:
+    """An exclusive, non-blocking-first lock on one run (`flock`: the OS drops it when the holder dies)."""
+
+    def __init__(self, out: Path, name: str):
+        folder = Path(out) / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self, wait: bool) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def release(self) -> None:
+        os.close(self.fd)  # closing drops the flock
+
+
 def run_all(p: Protocol, methods: list[Method], train_set, test_set, out: Path, *,
             device: str | torch.device | None = None, progress: bool = False,
             log: Callable[[str], None] = print) -> tuple[dict[str, dict[int, list[dict]]], dict]:
     """Run (or resume, or reuse) every (method, trial), trial-major so a partial bench already compares
-    every method. Returns `{label: {trial: records}}` and `{"reused": [...], "ran": [...]}`."""
+    every method; runs another process holds are skipped, then waited for at the end. Returns
+    `{label: {trial: records}}` and `{"reused": [...], "ran": [...]}`."""
     results: dict[str, dict[int, list[dict]]] = {m.label: {} for m in methods}  # grid cells: first grid_trials
     status = {"reused": [], "ran": []}
-    for trial in range(p.trials):
-        for m in methods:
-            if m.lam is not None and trial >= p.grid_trials:
-                continue
+    todo = [(trial, m) for trial in range(p.trials) for m in methods
+            if m.lam is None or trial < p.grid_trials]
+    for wait in (False, True):
+        held = []
+        for trial, m in todo:
             loop = make_loop(p, m, trial, train_set, test_set, out, device, progress)
             name = f"{m.slug}-trial{trial}"
             done = is_done(loop.workdir)
             if not done:
-                log(f"== {name}")
-            results[m.label][trial] = loop.run()
+                lock = RunLock(out, name)
+                if not lock.acquire(wait):
+                    lock.release()
+                    log(f"== {name}: another process is running it; later")
+                    held.append((trial, m))
+                    continue
+                try:
+                    done = is_done(loop.workdir)  # the other process may have finished it meanwhile
+                    if not done:
+                        log(f"== {name}")
+                    results[m.label][trial] = loop.run()
+                finally:
+                    lock.release()
+            else:
+                results[m.label][trial] = loop.run()
             status["reused" if done else "ran"].append(name)
-    return results, status
+        todo = held
+    # back in plan order, trial-major
+    ordered = {m.label: dict(sorted(results[m.label].items())) for m in methods}
+    return ordered, status
