@@ -10,7 +10,7 @@ import torch
 from todal import ActiveLoop, strategies
 from todal.bench import cli, protocols
 from todal.bench.protocols import protocol
-from todal.bench.runner import Method, RunLock, plan, run_all
+from todal.bench.runner import Method, RunLock, make_loop, plan, run_all
 from todal.data import load_dataset
 from todal.errors import TodalError
 
@@ -89,21 +89,22 @@ def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["bench", "--protocol", "smoke", "--dataset", "digits", "--out", str(out), "--strategies",
             "random,entropy,cod", "--trials", "2", "--quiet", "--set", "epochs=1", "--set", "batch_size=64",
-            "--set", "fig9=false", "--set", "analysis_pool=200", "--set", "cycles=2", "--set", "initial=60",
+            "--set", "analysis_pool=200", "--set", "cycles=2", "--set", "initial=60",
             "--set", "budget=30"]
     _bench(argv)
     report = (out / "report.md").read_text()
     for section in ("## Protocol", "## Fig. 7", "## Table 1", "## Who beats whom", "## Fig. 3", "## Fig. 5",
-                    "## Fig. 6", "## Table 3", "## Fig. 11", "Fig. 10 not run"):
+                    "## Fig. 6", "## Table 3", "## Fig. 11", "## Fig. 9 / 10", "Fig. 10, the unsupervised loss"):
         assert section in report
     assert "| epochs | 1 | 200 |" in report  # a difference from the paper, listed
     for fig in ("fig7_learning_curves", "fig3_cod_and_loss", "fig5_loss_by_cod_rank", "fig6_loss_recall",
-                "fig11_per_class"):
+                "fig11_per_class", "fig9_cod_vs_emaod", "fig10_unsupervised_loss"):
         assert (out / f"{fig}.png").stat().st_size > 1000
     r = json.loads((out / "results.json").read_text())
-    assert r["methods"] == ["random", "entropy", "cod", "random+semi", "cod+semi"]
+    assert r["methods"] == ["random", "entropy", "cod", "random+semi", "cod+semi", "emaod", "cod+cyclic"]
+    assert any({c["a"], c["b"]} == {"cod+cyclic", "cod"} for c in r["paired"])
     assert r["protocol"]["epochs"] == 1 and r["protocol"]["trials"] == 2
-    assert r["environment"]["torch_version"] and len(r["environment"]["runs_ran"]) == 10
+    assert r["environment"]["torch_version"] and len(r["environment"]["runs_ran"]) == 14
     le = r["loss_estimation"]
     assert le["run"] == "cod+semi" and len(le["mean"]) == 2
     assert set(le["mean"][0]["recall"]) == {"cod", "emaod", "entropy"}
@@ -113,8 +114,8 @@ def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
     # the same command again trains nothing
     _bench(argv)
     r = json.loads((out / "results.json").read_text())
-    assert r["environment"]["runs_ran"] == [] and len(r["environment"]["runs_reused"]) == 10
-    assert "10 reused" in capsys.readouterr().out
+    assert r["environment"]["runs_ran"] == [] and len(r["environment"]["runs_reused"]) == 14
+    assert "14 reused" in capsys.readouterr().out
 
 
 def test_bench_errors_are_todal_errors(tmp_path, monkeypatch):
@@ -136,3 +137,12 @@ def test_grid_cells_run_in_the_first_grid_trials_only(tmp_path):
     runs, status = run_all(p, methods, train, test, tmp_path, log=lambda s: None)
     assert status["ran"] == ["random-trial0", "cod+semi-lam0.1-alpha0.999-trial0", "random-trial1"]
     assert list(runs["cod+semi λ=0.1 α=0.999"]) == [0]
+
+
+def test_make_loop_carries_the_scored_subset_and_the_cyclic_loss(tmp_path):
+    p = protocol("smoke", TINY + ["score_subset=40"])
+    train, test = load_dataset("digits")
+    cyc = make_loop(p, Method("cod", True, cyclic=True), 0, train, test, tmp_path)
+    ema = make_loop(p, Method("cod", True), 0, train, test, tmp_path)
+    assert cyc.flavor.score_subset == 40 and cyc.flavor.consistency == "cyclic"
+    assert ema.flavor.consistency == "eq7" and cyc.workdir.name == "cod+cyclic-trial0"
