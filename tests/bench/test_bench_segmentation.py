@@ -57,7 +57,7 @@ def test_segmentation_cpu_protocol_is_the_scenes_preset_and_lists_its_difference
     p = protocol("cpu", task="segmentation")
     assert (p.model, p.model_options, p.epochs, p.batch_size, p.lr, p.optimizer, p.eval_batch_size) == \
         ("seg_cnn", {"width": 0.5}, 10, 32, 1e-3, "adam", 256)
-    assert p.dataset_options == {"size": 1500, "test_size": 500} and not p.requires_gpu
+    assert p.dataset_options == {"size": 1000, "test_size": 500} and not p.requires_gpu
     assert p.strategy_options == {"qbc": {"scope": "all"}, "mc_dropout": {"passes": 10}}
     assert (p.initial, p.budget, p.cycles) == (0.1, 0.05, 7)  # the paper's fractions: 10% .. 40%
     diffs = {d["key"]: (d["value"], d["paper"]) for d in differences(p)}

@@ -120,17 +120,16 @@ SEG_PAPER = dataclasses.replace(
     strategy_options={"qbc": {"scope": "all"}})
 
 # fashion-mnist-scenes on 2 CPU cores: `presets.PRESETS["fashion-mnist-scenes"]` (seg_cnn at width 0.5,
-# ~30k parameters, Adam 1e-3, batch 32, 10 epochs, no weight decay or lr drop) on 1,500 train and 500 test
-# scenes of 64x64 (Cityscapes: 2,975 and 500 images of 2048x1024), with the paper's fractions: 150 labeled
-# scenes at the start, +75 a cycle, 7 cycles (10% .. 40%), so ~820 steps a run. Measured with 2 threads on
-# the shared 2-core host (2,000 scenes): a plain step 0.2-0.5 s, a semi-supervised one (student on a labeled
-# and an unlabeled batch, EMA teacher) ~1.3 s; COD scoring the pool ~25 s a selection; MC-Dropout's default
-# 20 passes over the pool ~5 min a selection, hence 10 passes here. The 33 runs of the default methods x 3
-# trials (6 of them semi-supervised) take about 4 to 6 hours, selection and evaluation included (QBC, SRAAL
-# and MC-Dropout selections cost 1-2 min each, VAAL ~1 min, COD ~20 s at this pool size).
+# ~30k parameters, Adam 1e-3, batch 32, 10 epochs, no weight decay or lr drop) on 1,000 train and 500 test
+# scenes of 64x64 (Cityscapes: 2,975 and 500 images of 2048x1024), with the paper's fractions: 100 labeled
+# scenes at the start, +50 a cycle, 7 cycles (10% .. 40%), so ~550 steps a run. Measured with one thread on
+# the busy 2-core host: a plain step ~0.5 s, a semi-supervised one (student on a labeled and an unlabeled
+# batch, EMA teacher) ~0.65 s; MC-Dropout's default 20 passes over the pool made it the slowest selection,
+# hence 10 passes here. The 36 runs (Fig. 8's methods, the Table 1 ablation, EMAOD and the CyclicOD loss,
+# 3 trials) take about 2 hours with two bench processes sharing one --out.
 SEG_CPU = dataclasses.replace(
     SEG_PAPER, name="cpu", model="seg_cnn", model_options={"width": 0.5}, epochs=10, batch_size=32, lr=1e-3,
-    eval_batch_size=256, dataset_options={"size": 1500, "test_size": 500}, analysis_pool=1000, requires_gpu=False,
+    eval_batch_size=256, dataset_options={"size": 1000, "test_size": 500}, analysis_pool=1000, requires_gpu=False,
     strategy_options={"qbc": {"scope": "all"}, "mc_dropout": {"passes": 10}})
 
 # Minutes: 200 train and 50 test scenes, the same code paths.
