@@ -270,9 +270,14 @@ class ActiveLoop:
         buffers = self.flavor.ema_buffers or not self.config.semi_supervised
         return EMA(model, self.config.ema_decay, buffers=buffers, teacher=teacher)
 
-    def _restore(self, state: dict) -> tuple[nn.Module, EMA | None]:
+    def _model_with(self, weights: dict) -> nn.Module:
+        """A model of this run holding `weights` (a state dict)."""
         model = self._new_model("init")
-        model.load_state_dict(state["model"])
+        model.load_state_dict(weights)
+        return model
+
+    def _restore(self, state: dict) -> tuple[nn.Module, EMA | None]:
+        model = self._model_with(state["model"])
         ema = self._ema(model)
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -343,9 +348,7 @@ class ActiveLoop:
         if consistency == "cyclic":  # Fig. 10: the target is the model as the last cycle left it
             consistency = "eq7" if c > 0 else None
             if c > 0:
-                teacher = self._new_model("init")
-                teacher.load_state_dict(start["model"])
-                teacher.requires_grad_(False)
+                teacher = self._model_with(start["model"]).requires_grad_(False)
         with seeded(seed, "train", c):
             stats = fit(model, self.task, self.train_set, pool.labeled, cfg=self.train_cfg,
                         generator=generator(seed, "train", c), unlabeled=pool.unlabeled if consistency else None,
@@ -389,9 +392,7 @@ class ActiveLoop:
             else:
                 init = self._load("init.pt")
                 state = init["reference"] if init.get("reference") is not None else init["model"]
-            prev = self._new_model("init")
-            prev.load_state_dict(state)
-            return prev
+            return self._model_with(state)
 
         labeled = pool.labeled
         labels = LabelMaps(self.train_set, labeled) if pool.dense else pool.labels[labeled]

@@ -153,23 +153,22 @@ def run_all(p: Protocol, methods: list[Method], train_set, test_set, out: Path, 
         for trial, m in todo:
             loop = make_loop(p, m, trial, train_set, test_set, out, device, progress)
             name = f"{m.slug}-trial{trial}"
-            done = is_done(loop.workdir)
-            if not done:
+            lock = None
+            if not is_done(loop.workdir):
                 lock = RunLock(out, name)
                 if not lock.acquire(wait):
                     lock.release()
                     log(f"== {name}: another process is running it; later")
                     held.append((trial, m))
                     continue
-                try:
-                    done = is_done(loop.workdir)  # the other process may have finished it meanwhile
-                    if not done:
-                        log(f"== {name}")
-                    results[m.label][trial] = loop.run()
-                finally:
-                    lock.release()
-            else:
+            try:
+                done = is_done(loop.workdir)  # another process may have finished it meanwhile
+                if not done:
+                    log(f"== {name}")
                 results[m.label][trial] = loop.run()
+            finally:
+                if lock is not None:
+                    lock.release()
             status["reused" if done else "ran"].append(name)
         todo = held
     # back in plan order, trial-major
