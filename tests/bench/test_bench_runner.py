@@ -11,6 +11,7 @@ from todal import ActiveLoop, strategies
 from todal.bench import cli, protocols
 from todal.bench.protocols import protocol
 from todal.bench.runner import Method, RunLock, make_loop, plan, run_all
+from todal.bench.suite import with_strategies
 from todal.data import load_dataset
 from todal.errors import TodalError
 
@@ -32,6 +33,10 @@ def test_plan_adds_the_ablation_fig9_and_the_grid():
         plan(p, ["nope"])
     with pytest.raises(TodalError, match="is not NAME, NAME\\+semi or NAME\\+cyclic"):
         plan(p, ["cod+task"])
+    # the report's effective configuration names what ran: --strategies replaces the protocol's default
+    assert with_strategies(p, ["entropy", "ll4al+semi"]).strategies == ("entropy", "ll4al+semi")
+    assert with_strategies(p, ["all"]).strategies == tuple(strategies.names())
+    assert with_strategies(p, None) == p
 
 
 def test_a_run_another_process_holds_is_skipped_then_waited_for(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import subprocess
 import time
@@ -14,6 +15,7 @@ from .. import __version__
 from ..atomic import write_json
 from ..errors import TodalError
 from ..results import summarize
+from ..strategies import names
 from . import analysis
 from .protocols import Protocol, check_device, differences, protocol
 from .report import write_report
@@ -23,12 +25,13 @@ METRICS = ("final", "aubc")
 
 
 def git_commit() -> str | None:
-    """The commit of the checkout todal is imported from (with '+dirty' for local changes), else None."""
-    here = Path(__file__).resolve().parent
+    """The commit of the checkout todal is imported from, with '+dirty' where the package's own files have
+    local changes (a bench's outputs, committed or not, don't make the code dirty), else None."""
+    here = Path(__file__).resolve().parents[1]  # the todal package
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no", "--", "."],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -139,6 +142,14 @@ def load_for(p: Protocol | str, dataset: str, overrides=None, data_root: str | N
     return p, train, test
 
 
+def with_strategies(p: Protocol, strategies: list[str] | None) -> Protocol:
+    """`p` with the requested methods ("all": every registered strategy) as its `strategies`, so that the
+    report's effective configuration names what ran rather than the protocol's default."""
+    if strategies is None:
+        return p
+    return dataclasses.replace(p, strategies=tuple(names() if list(strategies) == ["all"] else strategies))
+
+
 def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=None, strategies: list[str] | None = None,
               device: str | None = None, data_root: str | None = None, progress: bool = False,
               command: str = "", log: Callable[[str], None] = print) -> dict:
@@ -150,7 +161,8 @@ def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=Non
     t0 = time.perf_counter()
     out = Path(out)
     p, train, test = load_for(p, dataset, overrides, data_root)
-    methods = plan(p, strategies)
+    p = with_strategies(p, strategies)
+    methods = plan(p)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         torch.empty(0, device=dev)
