@@ -120,6 +120,23 @@ def test_head_only_dropout_runs_the_trunk_once_with_the_same_masks():
     assert torch.allclose(full, fast, atol=1e-5)
 
 
+def test_a_segmenter_runs_its_trunk_once_with_the_same_pixel_masks():
+    model = models.with_dropout(models.get("seg_cnn", in_channels=1, num_classes=4, width=0.25), 0.5).eval()
+    assert isinstance(model.drop, nn.Dropout)  # set where the built-in segmenter applies it, not a wrapped head
+    model.drop.train()
+    x = torch.randn(2, 1, 16, 16)
+    calls = []
+    model.register_forward_hook(lambda m, i, o: calls.append(1))
+    with torch.no_grad():
+        torch.manual_seed(0)
+        full = model(x.repeat(3, 1, 1, 1)).view(3, 2, 4, 16, 16)  # T = 3 passes as one batch, through everything
+        calls.clear()
+        torch.manual_seed(0)
+        fast = stochastic_outputs(model, x, 3, max_batch=64)
+    assert not calls  # the full forward never ran: features once, then the head per pass
+    assert torch.allclose(full, fast, atol=1e-5) and not torch.allclose(fast[0], fast[1])
+
+
 def test_passes_are_split_to_respect_the_batch_size():
     calls = []
     lin = nn.Linear(2, 2)

@@ -94,11 +94,13 @@ def embed(model: nn.Module, x: Tensor) -> Tensor:
 def with_dropout(model: nn.Module, p: float) -> nn.Module:
     """A copy of `model` with dropout `p` before its final linear layer (for MC-Dropout).
 
-    Built-in models get their `drop` set; any other model has its last `nn.Linear` replaced by
+    Built-in models (classifiers, segmenters) get their `drop` set; any other model has its last `nn.Linear` replaced by
     `Sequential(Dropout(p), linear)`. The input model is not changed.
     """
+    from .segmentation import Segmenter  # imports this module: not at the top
+
     out = copy.deepcopy(model)
-    if isinstance(out, Classifier):
+    if isinstance(out, (Classifier, Segmenter)):
         out.drop = nn.Dropout(p)
         return out
     target = head_of(out)

@@ -9,13 +9,14 @@ Dense outputs (segmentation) reduce per-pixel values to a per-sample mean.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import TodalError, check_choice, param_error
 from ..models import Classifier, dropout_active, with_dropout
+from ..models.segmentation import Segmenter
 from . import register
 from .base import Context, ScoreStrategy
 
@@ -85,11 +86,18 @@ def has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Dropout) for m in model.modules())
 
 
-def _dropout_only_before_head(model: nn.Module) -> bool:
-    """A built-in model whose one dropout sits between trunk and head: the trunk is deterministic,
-    so it runs once and only the head sees the T masks (same distribution, T times cheaper)."""
-    return (isinstance(model, Classifier) and type(model).forward is Classifier.forward
-            and all(m is model.drop for m in model.modules() if isinstance(m, nn.Dropout)))
+def _split_at_dropout(model: nn.Module, x: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """`(inputs, rest)` with `rest(inputs) == model(x)`. A built-in model whose one dropout sits between
+    its trunk and its head (a classifier's pooled features, a segmenter's per-pixel features) runs the
+    deterministic trunk here, once, so that only the head sees the T masks: the same masks in the same
+    order, T times less trunk compute. Any other model: `(x, model)`."""
+    only_drop = all(m is getattr(model, "drop", None) for m in model.modules() if isinstance(m, nn.Dropout))
+    if only_drop and isinstance(model, Classifier) and type(model).forward is Classifier.forward:
+        return model.trunk(x), lambda z: model.head(model.drop(z))
+    if only_drop and isinstance(model, Segmenter) and type(model).forward is Segmenter.forward:
+        size = tuple(x.shape[-2:])
+        return model.features(x), lambda z: model._classify(model.head, z, size)
+    return x, model
 
 
 @torch.no_grad()
@@ -102,8 +110,7 @@ def stochastic_chunks(model: nn.Module, x: Tensor, passes: int, max_batch: int) 
     `max_batch`, one sample at a time in chunks of `max_batch` passes. A group's chunks come one
     after another, so a caller can reduce each group and keep no more than one forward's outputs.
     """
-    head_only = _dropout_only_before_head(model)
-    inputs = model.trunk(x) if head_only else x  # (B, D): the trunk is deterministic, run once
+    inputs, rest = _split_at_dropout(model, x)
     per = max(1, max_batch // passes)  # samples per group
     step = min(passes, max(1, max_batch // per))  # passes per forward
     for start in range(0, len(x), per):
@@ -111,7 +118,7 @@ def stochastic_chunks(model: nn.Module, x: Tensor, passes: int, max_batch: int) 
         for done in range(0, passes, step):
             t = min(step, passes - done)
             rep = xb.unsqueeze(0).expand(t, *xb.shape).reshape(t * len(xb), *xb.shape[1:])
-            out = model.head(model.drop(rep)) if head_only else model(rep)
+            out = rest(rep)
             yield start, out.view(t, len(xb), *out.shape[1:])
 
 
