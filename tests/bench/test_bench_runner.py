@@ -151,3 +151,7 @@ def test_make_loop_carries_the_scored_subset_and_the_cyclic_loss(tmp_path):
     ema = make_loop(p, Method("cod", True), 0, train, test, tmp_path)
     assert cyc.flavor.score_subset == 40 and cyc.flavor.consistency == "cyclic"
     assert ema.flavor.consistency == "eq7" and cyc.workdir.name == "cod+cyclic-trial0"
+    both = make_loop(p, Method("cod", True, cyclic=True), 0, train, test, tmp_path,
+                     flavor_overrides={"first_cycle_lowest": True})
+    assert both.flavor.consistency == "cyclic" and both.flavor.first_cycle_lowest
+    assert not cyc.flavor.first_cycle_lowest

@@ -99,12 +99,15 @@ def run_dir(out: Path, method: Method, trial: int) -> Path:
 
 
 def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out: Path,
-              device: str | torch.device | None = None, progress: bool = False) -> ActiveLoop:
-    """The ActiveLoop of one (method, trial); the trial number is the seed (same initial pool)."""
+              device: str | torch.device | None = None, progress: bool = False,
+              flavor_overrides: dict | None = None) -> ActiveLoop:
+    """The ActiveLoop of one (method, trial); the trial number is the seed (same initial pool).
+    `flavor_overrides` change single flavor fields (a diagnostic's variant of a method)."""
     return ActiveLoop(p.model, train_set, test_set, strategy=method.strategy, semi_supervised=method.semi,
                       strategy_options=dict(p.strategy_options.get(method.strategy, {})),
                       initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial, flavor=p.flavor,
-                      flavor_overrides={"consistency": "cyclic"} if method.cyclic else None,
+                      flavor_overrides={**({"consistency": "cyclic"} if method.cyclic else {}),
+                                        **(flavor_overrides or {})} or None,
                       score_subset=p.score_subset,
                       train=p.train_config(), model_options=dict(p.model_options),
                       lam=p.lam if method.lam is None else method.lam,
