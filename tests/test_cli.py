@@ -107,3 +107,10 @@ def test_bench_paper_protocol_on_cpu_is_refused_with_an_estimate(tmp_path, capsy
                  "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("todal: error: The 'paper' protocol needs a GPU") and "would take about" in err
+
+
+def test_first_cycle_reaches_the_flavor(tmp_path):
+    work = tmp_path / "r"
+    assert main(["run", "--workdir", str(work), "--baseline", "none", "--first-cycle", "lowest", *FAST]) == 0
+    flavor = json.loads((work / "config.json").read_text())["flavor"]
+    assert flavor["name"] == "paper" and flavor["first_cycle_lowest"] is True

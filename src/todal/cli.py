@@ -53,6 +53,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="default: the dataset's own (segmentation for fashion-mnist-scenes and cityscapes)")
     p.add_argument("--flavor", choices=["paper", "official"], default="paper",
                    help="the paper's equations or the authors' code where they differ")
+    p.add_argument("--first-cycle", choices=["highest", "lowest"], default=None,
+                   help="COD/EMAOD's first selection, against the untrained initial model: the highest "
+                        "discrepancy (paper, the flavor's default) or the lowest (official; see "
+                        "benchmarks/cod-first-cycle)")
     p.add_argument("--lam", type=float, default=None, help="weight of the TOD loss (default: the flavor's)")
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--score-subset", type=int, default=None, help="score this many random unlabeled samples")
@@ -134,6 +138,8 @@ def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path) -> Ac
                       task=args.task or default_task(train_set), eval_batch_size=d.get("eval_batch_size"),
                       initial=args.initial, budget=args.budget, cycles=args.cycles, workdir=workdir, seed=seed,
                       flavor=args.flavor, train=train, reinit=args.reinit, lam=args.lam,
+                      flavor_overrides=None if args.first_cycle is None else
+                      {"first_cycle_lowest": args.first_cycle == "lowest"},
                       ema_decay=args.ema_decay, score_subset=args.score_subset, device=args.device,
                       model_options=options, strategy_options=_options(args.options, strategy) or None,
                       progress=not args.quiet)
