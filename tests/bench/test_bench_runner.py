@@ -155,3 +155,8 @@ def test_make_loop_carries_the_scored_subset_and_the_cyclic_loss(tmp_path):
                      flavor_overrides={"first_cycle_lowest": True})
     assert both.flavor.consistency == "cyclic" and both.flavor.first_cycle_lowest
     assert not cyc.flavor.first_cycle_lowest
+    low = protocol("smoke", TINY + ['flavor_overrides={"first_cycle_lowest": true}'])
+    assert make_loop(low, Method("cod"), 0, train, test, tmp_path).flavor.first_cycle_lowest
+    with pytest.raises(TodalError, match=r"unknown flavor_overrides \['lowest'\]; valid: measure, "):
+        make_loop(protocol("smoke", TINY + ['flavor_overrides={"lowest": true}']), Method("cod"), 0, train, test,
+                  tmp_path)

@@ -40,6 +40,8 @@ class Protocol:
     dataset_options: keyword arguments of the dataset reader (e.g. the number of scenes of
         fashion-mnist-scenes: {"size": 2000, "test_size": 500}).
     strategy_options: options per strategy name, e.g. {"qbc": {"scope": "all"}}.
+    flavor_overrides: single flavor choices for every run (`todal.flavor.Flavor` fields), e.g.
+        {"first_cycle_lowest": true} for the authors' first COD selection (benchmarks/cod-first-cycle).
     """
 
     name: str
@@ -73,6 +75,7 @@ class Protocol:
     eval_batch_size: int | None = None
     dataset_options: dict = field(default_factory=dict)
     strategy_options: dict = field(default_factory=dict)
+    flavor_overrides: dict = field(default_factory=dict)
 
     def train_config(self) -> dict:
         """The `TrainConfig` fields of this protocol."""

@@ -106,7 +106,7 @@ def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out:
     return ActiveLoop(p.model, train_set, test_set, strategy=method.strategy, semi_supervised=method.semi,
                       strategy_options=dict(p.strategy_options.get(method.strategy, {})),
                       initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial, flavor=p.flavor,
-                      flavor_overrides={**({"consistency": "cyclic"} if method.cyclic else {}),
+                      flavor_overrides={**p.flavor_overrides, **({"consistency": "cyclic"} if method.cyclic else {}),
                                         **(flavor_overrides or {})} or None,
                       score_subset=p.score_subset,
                       train=p.train_config(), model_options=dict(p.model_options),
