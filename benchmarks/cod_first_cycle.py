@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--trials", default="0,1,2", help="comma-separated trials (seeds) of the bench to pair with")
     args = ap.parse_args(argv)
     trials = [int(t) for t in args.trials.split(",")]
+    commit = git_commit()  # of the code this process runs
     p, train, test = load_for("cpu", "fashion-mnist")
     runs: dict[str, dict[int, list[dict]]] = {"random": {}, "cod": {}, VARIANT: {}}
     for t in trials:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
                           + (f" --trials {args.trials}" if argv else ""),
                "protocol": p.to_dict(), "trials": trials, "variant": {"strategy": "cod",
                "flavor_overrides": {"first_cycle_lowest": True}}, "cycle0_spearman_cod_vs_loss": spearman0,
-               "environment": {"git_commit": git_commit(), "device": device_name(loop.device)},
+               "environment": {"git_commit": commit, "device": device_name(loop.device)},
                "curves": curves, "paired": paired, "runs": runs}
     OUT.mkdir(parents=True, exist_ok=True)
     write_json(OUT / "results.json", results)
