@@ -40,6 +40,8 @@ from todal.tasks import Segmentation
 
 OUT = Path(__file__).parent / "segmentation-scoring"
 STRATEGIES = ("cod", "emaod", "entropy")
+# --strategies may add these; options as the segmentation cpu protocol sets them
+OPTIONS = {"mc_dropout": {"passes": 10}, "bald": {"passes": 10}}
 
 
 def _kib(field: str) -> int:
@@ -75,13 +77,13 @@ def inference_pass(ctx: Context) -> float:
     return time.perf_counter() - t0
 
 
-def measure(train, n: int, batch_size: int, nets: dict, baseline: bool) -> dict:
+def measure(train, n: int, batch_size: int, nets: dict, baseline: bool, names=STRATEGIES) -> dict:
     ctx = context(train, n, batch_size, nets)
     infer = min(inference_pass(ctx) for _ in range(2))
     row = {"pool": n, "inference_s": round(infer, 3), "strategies": {}}
     budget = max(1, n // 20)
-    for name in STRATEGIES:
-        strategy = strategies.get(name)
+    for name in names:
+        strategy = strategies.get(name, **OPTIONS.get(name, {}))
         start = reset_peak()
         t0 = time.perf_counter()
         strategy.select(ctx, budget)
@@ -103,13 +105,14 @@ def measure(train, n: int, batch_size: int, nets: dict, baseline: bool) -> dict:
 
 
 def report(res: dict) -> str:
+    names = list(res["rows"][0]["strategies"])
     lines = ["# Segmentation scoring: time per inference pass, memory flat in the pool size\n",
              f"Command: `{res['command']}`\n", res["setting"] + "\n",
-             "| pool | inference pass s | " + " | ".join(f"{s} s (x inference) | {s} peak MB" for s in STRATEGIES) + " |",
-             "|---:|---:|" + "---:|---:|" * len(STRATEGIES)]
+             "| pool | inference pass s | " + " | ".join(f"{s} s (x inference) | {s} peak MB" for s in names) + " |",
+             "|---:|---:|" + "---:|---:|" * len(names)]
     for row in res["rows"]:
         cells = [f"{row['pool']:,}", f"{row['inference_s']:.2f}"]
-        for s in STRATEGIES:
+        for s in names:
             r = row["strategies"][s]
             cells += [f"{r['seconds']:.2f} (x{r['ratio_to_inference']:.2f})", f"{r['peak_added_mb']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -130,10 +133,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="2000,8000")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help=f"comma-separated; {', '.join(OPTIONS)} run with {OPTIONS['mc_dropout']}")
+    ap.add_argument("--out", type=Path, default=OUT, help="where results.json and README.md go")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the non-streaming COD contrast")
     ap.add_argument("--report-only", action="store_true", help="rewrite README.md from results.json")
     args = ap.parse_args(argv)
     if args.report_only:
-        write_text(OUT / "README.md", report(json.loads((OUT / "results.json").read_text())))
+        write_text(args.out / "README.md", report(json.loads((args.out / "results.json").read_text())))
         return
     torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -142,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     for seed, key in enumerate(("current", "previous", "ema")):
         torch.manual_seed(seed)
         nets[key] = models.get("seg_cnn", in_channels=1, num_classes=11, width=0.5)
-    rows = [measure(train, n, args.batch_size, nets, baseline=(n == min(sizes))) for n in sizes]
+    names = [x for x in args.strategies.split(",") if x]
+    rows = [measure(train, n, args.batch_size, nets, baseline=not args.no_baseline and n == min(sizes), names=names)
+            for n in sizes]
     res = {
         "command": ("OMP_NUM_THREADS=1 .venv/bin/python benchmarks/segmentation_scoring.py " + shlex.join(argv)).rstrip(),
         "setting": (f"fashion-mnist-scenes 64x64, 11 classes; seg_cnn width 0.5; batch {args.batch_size}; "
@@ -158,9 +167,9 @@ def main(argv: list[str] | None = None) -> None:
                   "from a 2-core machine shared with other jobs; ratios are within one process."),
         "rows": rows,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    write_json(OUT / "results.json", res)
-    write_text(OUT / "README.md", report(res))
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "results.json", res)
+    write_text(args.out / "README.md", report(res))
     print(json.dumps(rows, indent=1))
 
 
