@@ -62,17 +62,16 @@ def main(argv: list[str] | None = None) -> dict:
     curves = {k: {"labeled": [r["labeled"] for r in v[trials[0]]],
                   "accuracy_mean": [statistics.fmean(v[t][c]["accuracy"] for t in trials) for c in range(cycles)]}
               for k, v in runs.items()}
+    first_two = {k: {t: recs[:2] for t, recs in v.items()} for k, v in runs.items()}
     paired = []
     for a, b in ((VARIANT, "cod"), (VARIANT, "random"), ("cod", "random")):
         for metric in ("final", "aubc"):
             c = analysis.paired(runs, a, b, metric)
             c["verdict"] = analysis.verdict(c)
             paired.append(c)
-        first = [runs[a][t][1]["accuracy"] - runs[b][t][1]["accuracy"] for t in trials]  # after the 1st selection
-        paired.append({"a": a, "b": b, "metric": "cycle 1", "n": len(first), "diffs": first,
-                       "mean": statistics.fmean(first), "wins": sum(d > 0 for d in first),
-                       "std": statistics.stdev(first) if len(first) > 1 else 0.0})
-        paired[-1]["verdict"] = analysis.verdict(paired[-1])
+        # right after the first selection: the final accuracy of the runs cut after cycle 1
+        c = analysis.paired(first_two, a, b, "final")
+        paired.append({**c, "metric": "cycle 1", "verdict": analysis.verdict(c)})
     bench = json.loads((BENCH / "results.json").read_text())
     spearman0 = bench["loss_estimation"]["mean"][0]["spearman"]["cod"]
     results = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cod_first_cycle.py"

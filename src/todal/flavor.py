@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import check_choice
+from .errors import TodalError, check_choice
 
 # Official code, per dataset: λ (WEIGHT) and the size of the random unlabeled subset scored (SUBSET).
 OFFICIAL_LAMBDA = {"cifar10": 0.02, "cifar100": 0.05, "svhn": 0.005, "caltech101": 0.1}
@@ -52,6 +52,11 @@ class Flavor:
     score_augment: bool
 
     def replace(self, **changes) -> Flavor:
+        """This flavor with single choices changed; an unknown one is refused, naming the valid ones."""
+        choices = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        unknown = sorted(set(changes) - set(choices))
+        if unknown:
+            raise TodalError(f"unknown flavor_overrides {unknown}; valid: {', '.join(choices)}.")
         return dataclasses.replace(self, **changes)
 
 

@@ -22,7 +22,7 @@ import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -181,10 +181,6 @@ class ActiveLoop:
             tc = TrainConfig(**{**tc.to_dict(), "epochs": epochs})
         dataset_name = getattr(train_set, "name", "") or type(train_set).__name__
         fl = flavor_for(flavor, dataset_name)
-        choices = [f.name for f in fields(Flavor) if f.name != "name"]
-        unknown = sorted(set(flavor_overrides or {}) - set(choices))
-        if unknown:
-            raise TodalError(f"{owner}: unknown flavor_overrides {unknown}; valid: {', '.join(choices)}.")
         fl = fl.replace(**{**(flavor_overrides or {}),
                            **({"lam": float(lam)} if lam is not None else {}),
                            **({"score_subset": score_subset} if score_subset is not None else {})})

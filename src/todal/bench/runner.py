@@ -68,6 +68,11 @@ def parse_method(spec: str) -> Method:
     return Method(name, suffix in ("semi", "cyclic"), cyclic=suffix == "cyclic")
 
 
+def expand(specs) -> list[str]:
+    """Method specs with "all" expanded to every registered strategy."""
+    return strategies.names() if list(specs) == ["all"] else list(specs)
+
+
 def plan(p: Protocol, specs: list[str] | tuple | None = None) -> list[Method]:
     """The methods of a bench: the requested ones, the Table 1 ablation, Fig. 9's EMAOD and Fig. 10's
     CyclicOD loss (`fig9`), Fig. 12's grid."""
@@ -77,10 +82,7 @@ def plan(p: Protocol, specs: list[str] | tuple | None = None) -> list[Method]:
         if m not in out:
             out.append(m)
 
-    specs = list(p.strategies if specs is None else specs)
-    if specs == ["all"]:
-        specs = strategies.names()
-    for spec in specs:
+    for spec in expand(p.strategies if specs is None else specs):
         add(parse_method(spec))
     for spec in ABLATION.values():
         add(parse_method(spec))

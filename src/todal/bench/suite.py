@@ -15,11 +15,10 @@ from .. import __version__
 from ..atomic import write_json
 from ..errors import TodalError
 from ..results import summarize
-from ..strategies import names
 from . import analysis
 from .protocols import Protocol, check_device, differences, protocol
 from .report import write_report
-from .runner import ABLATION, Method, make_loop, plan, run_all
+from .runner import ABLATION, Method, expand, make_loop, plan, run_all
 
 METRICS = ("final", "aubc")
 
@@ -147,7 +146,7 @@ def with_strategies(p: Protocol, strategies: list[str] | None) -> Protocol:
     report's effective configuration names what ran rather than the protocol's default."""
     if strategies is None:
         return p
-    return dataclasses.replace(p, strategies=tuple(names() if list(strategies) == ["all"] else strategies))
+    return dataclasses.replace(p, strategies=tuple(expand(strategies)))
 
 
 def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=None, strategies: list[str] | None = None,
