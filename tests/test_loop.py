@@ -229,3 +229,40 @@ def test_cyclic_consistency_targets_the_previous_cycles_model(tmp_path, monkeypa
     assert strip(cyc)[1] != strip(sup)[1]
     with pytest.raises(TodalError, match="consistency"):
         make(tmp_path / "bad", flavor_overrides={"consistency": "nope"})
+
+
+class _Truth:
+    """A person who knows the right labels, which the dataset itself does not hold."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def label(self, indices):
+        return self.labels[indices]
+
+
+@pytest.mark.parametrize("own", ["wrong", "missing"])
+def test_training_reads_the_labels_the_oracle_gave_not_the_dataset(tmp_path, own):
+    data, test = blobs(150, 0), blobs(90, 1)
+    truth = data.y.clone()
+    data.y = (truth + 1) % 3 if own == "wrong" else torch.full_like(truth, -1)
+    kw = dict(strategy="random", semi_supervised=True, initial=30, budget=15, cycles=2, epochs=8,
+              train={"batch_size": 8, "lr": 0.05}, num_classes=3, seed=0)
+    taught = ActiveLoop(mlp, data, test, oracle=_Truth(truth), workdir=tmp_path / "taught", **kw).run()
+    assert taught[-1]["accuracy"] > 0.9
+    if own == "wrong":  # the dataset's own labels teach the wrong classes: the oracle's are what mattered
+        misled = ActiveLoop(mlp, data, test, workdir=tmp_path / "misled", **kw).run()
+        assert misled[-1]["accuracy"] < 0.2
+
+
+def test_file_oracle_labels_reach_training(tmp_path):
+    data, test = blobs(150, 0), blobs(90, 1)
+    truth = data.y.clone()
+    data.y = torch.zeros_like(truth)  # placeholders, as a user with unlabeled data would have
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    (answers / "labels.csv").write_text("index,label\n" + "".join(f"{i},{int(truth[i])}\n" for i in range(150)))
+    recs = ActiveLoop(mlp, data, test, strategy="entropy", semi_supervised=False, initial=30, budget=15, cycles=2,
+                      epochs=8, train={"batch_size": 8, "lr": 0.05}, num_classes=3, oracle=FileOracle(answers),
+                      workdir=tmp_path / "run").run()
+    assert recs[-1]["accuracy"] > 0.9

@@ -21,6 +21,14 @@ def fetch(dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys)
 
 
+def fetch_inputs(dataset, idx: Tensor) -> Tensor:
+    """`x` alone for the samples `idx` (unlabeled batches): `dataset.inputs(idx)` when the dataset
+    keeps labels apart from inputs (`todal.labeled.PoolLabels`), else `fetch(...)[0]`."""
+    if hasattr(dataset, "inputs"):
+        return dataset.inputs(idx)
+    return fetch(dataset, idx)[0]
+
+
 def test_transform(dataset) -> Transform:
     from .data import transforms_for
 

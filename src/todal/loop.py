@@ -34,6 +34,7 @@ from .ema import EMA
 from .errors import TodalError, check_choice, param_error
 from .flavor import Flavor, flavor_for
 from .inference import chunks, fetch
+from .labeled import PoolLabels
 from .oracle import FileOracle, SimulatedOracle
 from .pool import Pool
 from .strategies import Context, Strategy
@@ -350,7 +351,7 @@ class ActiveLoop:
             if c > 0:
                 teacher = self._model_with(start["model"]).requires_grad_(False)
         with seeded(seed, "train", c):
-            stats = fit(model, self.task, self.train_set, pool.labeled, cfg=self.train_cfg,
+            stats = fit(model, self.task, self.given(pool), pool.labeled, cfg=self.train_cfg,
                         generator=generator(seed, "train", c), unlabeled=pool.unlabeled if consistency else None,
                         ema=ema, consistency=consistency, teacher=teacher, lam=self.flavor.lam,
                         teacher_train_mode=self.flavor.teacher_train_mode,
@@ -377,6 +378,11 @@ class ActiveLoop:
         else:
             self._advance(prog, "select", **pending)
 
+    def given(self, pool: Pool) -> PoolLabels:
+        """The training set with the labels the oracle gave (the only labels training and selection read):
+        class labels from the pool; masks from the oracle, which the pool does not keep."""
+        return PoolLabels(self.train_set, self.oracle.label if pool.dense else pool.labels)
+
     def _context(self, pool: Pool, model: nn.Module, ema: EMA | None, c: int) -> Context:
         seed = self.config.seed
         unlabeled = pool.unlabeled
@@ -395,7 +401,7 @@ class ActiveLoop:
             return self._model_with(state)
 
         labeled = pool.labeled
-        labels = LabelMaps(self.train_set, labeled) if pool.dense else pool.labels[labeled]
+        labels = LabelMaps(self.given(pool), labeled) if pool.dense else pool.labels[labeled]
         return Context(model=model, task=self.task, dataset=self.train_set, labeled=labeled,
                        unlabeled=unlabeled, labels=labels, generator=generator(seed, "select", c),
                        cycle=c, device=self.device, batch_size=self.config.eval_batch_size,

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .ema import EMA
 from .errors import check_choice, param_error
-from .inference import Transform, fetch, train_transform
+from .inference import Transform, fetch, fetch_inputs, train_transform
 from .objectives import Objective, official_consistency, tod_consistency
 from .tasks import Task
 
@@ -173,7 +173,7 @@ def fit(
                     for obj in objectives:
                         loss = loss + obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
                 if consistency is not None:
-                    xu = augment(fetch(dataset, unl.next())[0]).to(device)
+                    xu = augment(fetch_inputs(dataset, unl.next())).to(device)
                     teacher.train(teacher_train_mode)
                     with torch.no_grad():
                         t_u = teacher(xu)
