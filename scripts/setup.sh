@@ -15,12 +15,19 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/python -m pip install -q -e ".[dev]"
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
-   && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+# Debian packages: Fashion-MNIST (real-data benchmark and end-to-end test), Chromium (browser tests of
+# the labeling page).
+need=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   for try in 1 2 3; do
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") \
       >/dev/null 2>&1 && break
     sleep 5
   done
 fi
+# Label Studio in its own virtual environment (its pins never touch todal's): the export/import test
+# runs a real server.
+if [ -f scripts/setup_label_studio.sh ]; then bash scripts/setup_label_studio.sh; fi
 touch .venv/.ok

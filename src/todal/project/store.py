@@ -327,6 +327,11 @@ class Store:
             f"SELECT step, sample, MIN(rank) FROM queue WHERE sample NOT IN ({_ANSWERED}) GROUP BY sample "
             "ORDER BY step DESC, rank").fetchall()
 
+    def queued(self) -> list[Item]:
+        """Every queued sample without an answer, as `Item`s (no lease taken), newest step first, by rank."""
+        with self._read() as con:
+            return self._items(con, [s for _, s, _ in self.pending()], 0.0)
+
     def lease(self, annotator: str, n: int, ttl: float = 600.0) -> list[Item]:
         """Up to `n` queued samples for `annotator`, none held by anyone else: the ones they already hold
         first (renewed), then new ones from the newest step's queue by rank. A lease expires after `ttl` s."""
