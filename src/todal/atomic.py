@@ -32,6 +32,11 @@ def _write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> 
         os.close(dfd)
 
 
+def write_with(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = True) -> None:
+    """Atomically write what `write(file)` writes (a figure's savefig, an image's save, a csv writer)."""
+    _write(path, write, "wb" if binary else "w")
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     _write(path, lambda f: f.write(text), "w")
 

@@ -1,0 +1,551 @@
+"""A labeling project: a folder of a person's images, the labels they give, and the model that asks.
+
+    project = Project.init("pets", images="photos/", classes=["cat", "dog", "bird"])  # + a random seed batch
+    ... a person labels the queue (todal annotate, todal import) ...
+    project.step(budget=100, strategy="cod")   # train on the labels so far, evaluate, queue the next 100
+    project.status()
+
+Layout of PROJECT/: `project.db` (the state, `todal.project.store`), `cache/` (the images decoded at
+the model's input size), `checkpoints/step_<s>.pt` (model and EMA teacher after step s),
+`masks/<id>.png` (segmentation labels), `learning_curve.png`.
+
+Accuracy without a test set: a random slice of the random batches (the seed batch, and any step run
+with strategy "random") is marked *holdout* when it is queued. Its labels are never trained on, and
+since the slice was drawn at random, the accuracy on it estimates the accuracy on the whole pool.
+
+A step is resumable: it records the label snapshot it reads (the newest label row when it started),
+so a step killed at any point and run again with the same arguments trains on the same labels and
+queues the same samples. Labels given meanwhile count from the next step on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import models
+from ..atomic import torch_save, write_with
+from ..ema import EMA
+from ..errors import TodalError, check_choice, param_error
+from ..flavor import flavor_for
+from ..inference import predict
+from ..labeled import PoolLabels
+from ..loop import derive_seed, generator, seeded
+from ..strategies import Context
+from ..strategies import get as get_strategy
+from ..strategies.base import LabelMaps, ScoreStrategy
+from ..tasks import Segmentation, get_task
+from ..train import TrainConfig, fit
+from .images import ImageCache, FolderImages, guess_mode, read_files, scan
+from .store import DB_NAME, Store
+
+DEFAULT_TRAIN = {"epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "lr_drop_at": 0.8}
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion correct/n; (0, 1) for n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class IndexReport:
+    """What `init` found in the folder."""
+
+    added: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str]] = field(default_factory=list)   # (old path, new path)
+    changed: list[str] = field(default_factory=list)             # same path, new content
+    missing: list[str] = field(default_factory=list)             # gone from the folder
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
+    unchanged: int = 0
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"indexed in {self.seconds:.1f}s: {len(self.added)} new, {self.unchanged} unchanged, "
+               f"{len(self.moved)} moved, {len(self.changed)} changed, {len(self.missing)} missing, "
+               f"{len(self.unreadable)} unreadable"]
+        out += [f"  moved: {a} -> {b}" for a, b in self.moved[:20]]
+        out += [f"  changed (labels kept; check them): {p}" for p in self.changed[:20]]
+        out += [f"  missing (kept in the project, not used until it is back): {p}" for p in self.missing[:20]]
+        out += [f"  unreadable (skipped): {p}: {why}" for p, why in self.unreadable[:20]]
+        return out
+
+
+def _classes(classes) -> list[str]:
+    if isinstance(classes, str):
+        classes = classes.split(",")
+    names = [str(c).strip() for c in classes]
+    if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
+        raise TodalError(f"Classes must be at least 2 distinct non-empty names, e.g. --classes cat,dog,bird. "
+                         f"Got {','.join(names)!r}.")
+    return names
+
+
+class Project:
+    """An open labeling project (see the module docstring). `Project.init(...)` makes one."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        db = self.root / DB_NAME
+        if not db.is_file():
+            raise TodalError(f"{self.root} is not a todal project (no {DB_NAME}); create it with "
+                             f"`todal init {self.root} --images DIR --classes a,b,c`.")
+        self.store = Store(db)
+        self.meta = self.store.meta()
+        self.classes: list[str] = self.meta["classes"]
+        self.images = Path(self.meta["images"])
+        self.task = self.meta["task"]
+
+    # --- creating and indexing ----------------------------------------------------------------
+    @classmethod
+    def init(cls, root, images, classes, *, labels: str | Path | None = None, model: str = "small_cnn",
+             model_options: dict | None = None, size: int = 32, seed: int = 0, seed_batch: int = 100,
+             holdout: float = 0.2, task: str = "classification", channels: str = "auto",
+             train: dict | None = None, progress: bool = False) -> tuple["Project", IndexReport]:
+        """Create the project (or, when it exists, index the folder again: new files are added,
+        moved/changed/missing ones reported) and queue a random seed batch the first time."""
+        root, images = Path(root), Path(images).expanduser().resolve()
+        classes = _classes(classes)
+        if not images.is_dir():
+            raise TodalError(f"Image folder {images} does not exist; pass --images with a folder of images.")
+        if (root / DB_NAME).exists():
+            project = cls(root)
+            if project.classes != classes:
+                raise TodalError(f"The class list changed since init (was {','.join(project.classes)}, now "
+                                 f"{','.join(classes)}); pass the same --classes, or start a new project for new classes.")
+            if project.images != images:
+                raise TodalError(f"This project indexes {project.images}, not {images}; pass --images "
+                                 f"{project.images}, or start a new project.")
+        else:
+            check_choice("task", "todal init", task, ("classification", "segmentation"))
+            check_choice("channels", "todal init", channels, ("auto", "1", "3"))
+            if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 1024:
+                raise param_error("size", "todal init", "an int in [4, 1024] (pixels)", size)
+            if not 0 < holdout < 1:
+                raise param_error("holdout", "todal init", "a float in (0, 1)", holdout)
+            if isinstance(seed_batch, bool) or not isinstance(seed_batch, int) or seed_batch < 1:
+                raise param_error("seed_batch", "todal init", "an int >= 1", seed_batch)
+            if model not in models.names():
+                raise TodalError(f"Unknown model {model!r}. Valid: {', '.join(models.names())}.")
+            TrainConfig(**{**DEFAULT_TRAIN, **(train or {})})  # refuses bad settings before anything is written
+            paths = scan(images)
+            mode = guess_mode(images, paths) if channels == "auto" else ("L" if channels == "1" else "RGB")
+            root.mkdir(parents=True, exist_ok=True)
+            Store.create(root / DB_NAME, {
+                "classes": classes, "task": task, "images": str(images), "name": root.resolve().name,
+                "model": model, "model_options": dict(model_options or {}), "size": size, "mode": mode,
+                "seed": int(seed), "seed_batch": seed_batch, "holdout": float(holdout),
+                "train": {**DEFAULT_TRAIN, **(train or {})}, "created": time.time()})
+            project = cls(root)
+        report = project.index(progress=progress)
+        if labels is not None:
+            project.import_csv(labels, source="known")
+        if not project.store.steps():
+            project._seed_batch()
+        return project, report
+
+    @property
+    def cache(self) -> ImageCache:
+        return ImageCache(self.root / "cache" / f"images-{self.meta['size']}-{self.meta['mode']}.u8",
+                          1 if self.meta["mode"] == "L" else 3, self.meta["size"])
+
+    def index(self, progress: bool = False) -> IndexReport:
+        """Walk the images folder and bring the samples table and the cache up to date."""
+        t0 = time.perf_counter()
+        report = IndexReport()
+        known = {path: (i, sha, status) for i, path, sha, _, status, _ in self.store.samples()}
+        by_sha: dict[str, list[int]] = {}
+        for path, (i, sha, _) in known.items():
+            by_sha.setdefault(sha, []).append(i)
+        on_disk = scan(self.images)
+        present = set(on_disk)
+        gone = {known[p][0]: p for p in known if p not in present}
+        new_rows, updates, pixels = [], [], {}
+        size, mode = self.meta["size"], self.meta["mode"]
+        for d in read_files(self.images, on_disk, size, mode, progress=progress):
+            status = "ok" if d.pixels is not None else "unreadable"
+            if d.error is not None:
+                report.unreadable.append((d.path, d.error))
+            if d.path in known:
+                i, sha, old_status = known[d.path]
+                if sha != d.sha256 or old_status != status:
+                    if sha != d.sha256 and old_status != "unreadable":
+                        report.changed.append(d.path)
+                    updates.append((i, d.path, d.sha256, d.bytes, status))
+                else:
+                    report.unchanged += 1
+                if d.pixels is not None and (sha != d.sha256 or old_status != "ok"):
+                    pixels[i] = d.pixels
+                continue
+            moved_from = next((i for i in by_sha.get(d.sha256, []) if i in gone), None)
+            if moved_from is not None:
+                report.moved.append((gone.pop(moved_from), d.path))
+                updates.append((moved_from, d.path, d.sha256, d.bytes, status))
+                continue
+            new_rows.append((d, status))
+        for i, path in gone.items():
+            if known[path][2] != "missing":
+                report.missing.append(path)
+                updates.append((i, path, known[path][1], 0, "missing"))
+        if updates:
+            self.store.update_samples(updates)
+        if new_rows:
+            ids = self.store.add_samples([(d.path, d.sha256, d.bytes) for d, _ in new_rows],
+                                         [s for _, s in new_rows])
+            report.added = [d.path for d, _ in new_rows]
+            c = 1 if mode == "L" else 3
+            for i, (d, _) in zip(ids, new_rows):
+                pixels[i] = d.pixels if d.pixels is not None else torch.zeros(c, size, size, dtype=torch.uint8).numpy()
+        if pixels:
+            self.cache.write(pixels)
+        if self.store.num_samples() == 0:
+            raise TodalError(f"No images (.png, .jpg, .jpeg, .webp, .bmp) under {self.images}; point --images at "
+                             "the folder that holds them (any depth).")
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _seed_batch(self) -> None:
+        """Step 0: a random batch (the paper's random initial set); a random slice of it is the holdout."""
+        ok = self._status_ids("ok")
+        g = generator(self.meta["seed"], "project", "seed")
+        pick = ok[torch.randperm(len(ok), generator=g)[: self.meta["seed_batch"]]]
+        self.store.begin_step(0, {"strategy": "random", "budget": len(pick)})
+        self._queue_random(0, pick, g, metrics={"queued": len(pick)})
+
+    def _queue_random(self, step: int, pick: torch.Tensor, g: torch.Generator, metrics: dict, guesses=None) -> None:
+        n_hold = int(round(len(pick) * self.meta["holdout"]))
+        holdout = pick[torch.randperm(len(pick), generator=g)[:n_hold]]
+        rows = [(int(s), r, None, "random", guesses[r] if guesses else []) for r, s in enumerate(pick)]
+        self.store.finish_step(step, {**metrics, "holdout_added": n_hold}, rows, holdout=holdout.tolist())
+
+    def _status_ids(self, status: str) -> torch.Tensor:
+        return torch.tensor([i for i, _, _, _, s, _ in self.store.samples() if s == status], dtype=torch.long)
+
+    # --- the step -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self):
+        path = self.root / "step.lock"
+        with open(path, "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TodalError(f"Another `todal step` is running on {self.root}; wait for it to finish.") from None
+            yield
+
+    def _dataset(self) -> FolderImages:
+        return FolderImages(self.cache, len(self.classes), classes=self.classes, name=self.meta["name"],
+                            task=self.task)
+
+    def _new_model(self, key: str) -> nn.Module:
+        with seeded(self.meta["seed"], "project", key):
+            return models.get(self.meta["model"], in_channels=1 if self.meta["mode"] == "L" else 3,
+                              num_classes=len(self.classes), **self.meta["model_options"])
+
+    def _checkpoint(self, step: int) -> Path:
+        return self.root / "checkpoints" / f"step_{step}.pt"
+
+    def _load(self, step: int) -> dict:
+        path = self._checkpoint(step)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise TodalError(f"Checkpoint {path} is missing; restore it, or delete the steps after "
+                             f"{step - 1} to retrain.") from None
+
+    def labels(self, snapshot: int | None = None):
+        """The labels of the snapshot: `(labels [N] class or -1, masks {id: path})`."""
+        n = self.store.num_samples()
+        y = torch.full((n,), -1, dtype=torch.long)
+        masks = {}
+        for sample, (kind, cls, mask, _) in self.store.current(snapshot).items():
+            if kind != "label":
+                continue
+            if self.task == "segmentation":
+                if mask is not None:
+                    masks[sample] = mask
+                    y[sample] = 0
+            elif cls is not None:
+                y[sample] = cls
+        return y, masks
+
+    def _mask_reader(self, masks: dict[int, str]):
+        from PIL import Image
+        import numpy as np
+
+        size = self.meta["size"]
+
+        def read(idx: torch.Tensor) -> torch.Tensor:
+            out = []
+            for i in idx.tolist():  # per labeled sample, files by nature; a batch of masks at a time
+                with Image.open(self.root / masks[i]) as im:
+                    out.append(np.asarray(im.resize((size, size), Image.Resampling.NEAREST), dtype=np.int64))
+            return torch.from_numpy(np.stack(out))
+
+        return read
+
+    def step(self, *, budget: int = 100, strategy: str = "cod", semi: bool = False, options: dict | None = None,
+             epochs: int | None = None, device: str | None = None, progress: bool = False) -> dict:
+        """Train on the labels so far (warm start), evaluate on the holdout, score, queue the top `budget`.
+
+        Returns the step's metrics. Run again after a crash: the step resumes from where it stopped.
+        """
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+            raise param_error("budget", "todal step", "an int >= 1", budget)
+        strat = get_strategy(strategy, **(options or {}))
+        train = {**self.meta["train"], **({"epochs": epochs} if epochs is not None else {})}
+        config = {"strategy": strategy, "options": dict(options or {}), "budget": budget, "semi": bool(semi),
+                  "train": train}
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        with self._lock():
+            steps = self.store.steps()
+            s = max((r["step"] for r in steps if r["state"] == "done"), default=-1) + 1
+            row = next((r for r in steps if r["step"] == s), None)
+            if row is not None and row["config"] != config:
+                raise TodalError(f"Step {s} was started with {row['config']} and did not finish; run it again with "
+                                 "the same options to finish it.")
+            if row is None:
+                y, masks = self.labels()
+                if not bool(((y >= 0) & ~self._holdout_mask()).any()):
+                    raise TodalError("No labels to train on yet: label the queue first (`todal annotate "
+                                     f"{self.root}` or `todal import {self.root} FILE`).")
+                self.store.begin_step(s, config)
+                row = next(r for r in self.store.steps() if r["step"] == s)
+            return self._run_step(s, row, strat, semi, TrainConfig(**train), budget, dev, progress)
+
+    def _holdout_mask(self) -> torch.Tensor:
+        return torch.tensor([bool(h) for *_, h in self.store.samples()], dtype=torch.bool)
+
+    def _run_step(self, s, row, strat, semi, train_cfg, budget, dev, progress) -> dict:
+        seed = self.meta["seed"]
+        data = self._dataset()
+        y, masks = self.labels(row["snapshot"])
+        samples = self.store.samples()
+        ok = torch.tensor([st == "ok" for _, _, _, _, st, _ in samples], dtype=torch.bool)
+        holdout = torch.tensor([bool(h) for *_, h in samples], dtype=torch.bool)
+        labeled = (y >= 0) & ok
+        train_ids = (labeled & ~holdout).nonzero().flatten()
+        val_ids = (labeled & holdout).nonzero().flatten()
+        task = get_task(self.task, len(self.classes))
+        given = PoolLabels(data, self._mask_reader(masks) if self.task == "segmentation" else y)
+        dense = isinstance(task, Segmentation)
+        prev = self._load(s - 1) if s > 1 else None
+        if row["state"] == "started":
+            model = self._new_model("init")
+            if prev is None:
+                torch_save(self._checkpoint(0), {"model": model.state_dict(), "ema": None})
+            else:
+                model.load_state_dict(prev["model"])
+            ema = EMA(model, 0.999) if (semi or strat.needs_ema) else None
+            if ema is not None and prev is not None and prev.get("ema") is not None:
+                ema.load_state_dict(prev["ema"])
+            unlabeled = (ok & (y < 0) & ~holdout).nonzero().flatten()
+            with seeded(seed, "project-train", s):
+                stats = fit(model, task, given, train_ids, cfg=train_cfg, generator=generator(seed, "project-train", s),
+                            unlabeled=unlabeled if semi else None, ema=ema, consistency="eq7" if semi else None,
+                            lam=flavor_for("paper").lam, objectives=strat.objectives(), device=dev,
+                            progress=f"step {s} train" if progress else None)
+            torch_save(self._checkpoint(s), {"model": model.state_dict(), "ema": ema.state_dict() if ema else None,
+                                             "strategy": strat.state_dict()})
+            train_metrics = {"train_loss": stats["loss"], "train_steps": stats["steps"],
+                             "train_time_s": round(stats["time_s"], 3), "trained_on": len(train_ids)}
+            self.store.step_trained(s, str(self._checkpoint(s).relative_to(self.root)), train_metrics)
+        else:
+            train_metrics = dict(row["metrics"] or {})
+        state = self._load(s)
+        model = self._new_model("init")
+        model.load_state_dict(state["model"])
+        model.to(dev)
+        ema = None
+        if state.get("ema") is not None:
+            ema = EMA(model, 0.999)
+            ema.load_state_dict(state["ema"])
+            ema.model.to(dev)
+        strat.load_state_dict(state.get("strategy") or {})
+
+        t1 = time.perf_counter()
+        val = self._validate(model, task, given, val_ids, dev)
+        t_val = time.perf_counter() - t1
+        # Score: every readable sample with no answer, not queued and waiting, not held out.
+        answered = torch.zeros(len(samples), dtype=torch.bool)
+        for sample, (kind, *_rest) in self.store.current(row["snapshot"]).items():
+            answered[sample] = kind != "undo"
+        waiting = torch.zeros(len(samples), dtype=torch.bool)
+        for st, sample, _ in self.store.pending():
+            if st < s:
+                waiting[sample] = True
+        candidates = (ok & ~answered & ~waiting & ~holdout).nonzero().flatten()
+        if len(candidates) == 0:
+            queue, scores_time = [], 0.0
+        else:
+            t2 = time.perf_counter()
+            prev_model = lambda: self._model_with(prev["model"] if prev else self._load(0)["model"])  # noqa: E731
+            labels = LabelMaps(given, train_ids) if dense else y[train_ids]
+            ctx = Context(model=model, task=task, dataset=data, labeled=train_ids, unlabeled=candidates,
+                          labels=labels, generator=generator(seed, "project-select", s), cycle=s - 1, device=dev,
+                          batch_size=256, ema_model=ema.model if ema else None, flavor=flavor_for("paper"),
+                          previous=prev_model, workdir=self.root, progress=progress)
+            with seeded(seed, "project-select", s):
+                chosen = strat.select(ctx, min(budget, len(candidates)))
+                scores = strat.score(ctx, chosen) if isinstance(strat, ScoreStrategy) else None
+            scores_time = time.perf_counter() - t2
+            guesses = self._guesses(model, data, chosen, dev) if not dense else [[] for _ in chosen]
+            queue = [(int(i), r, None if scores is None else float(scores[r]), strat.name, guesses[r])
+                     for r, i in enumerate(chosen)]
+        metrics = {**train_metrics, **val, "labeled": int(labeled.sum()), "queued": len(queue),
+                   "strategy": strat.name, "semi": row["config"]["semi"], "validate_time_s": round(t_val, 3),
+                   "score_time_s": round(scores_time, 3)}
+        holdout_new = []
+        if strat.name == "random" and queue:
+            g = torch.Generator().manual_seed(derive_seed(seed, "project-holdout", s))
+            pick = torch.tensor([q[0] for q in queue])
+            n_hold = int(round(len(pick) * self.meta["holdout"]))
+            holdout_new = pick[torch.randperm(len(pick), generator=g)[:n_hold]].tolist()
+            metrics["holdout_added"] = len(holdout_new)
+        t4 = time.perf_counter()
+        self.store.finish_step(s, metrics, queue, holdout=holdout_new)
+        metrics["queue_time_s"] = round(time.perf_counter() - t4, 4)
+        metrics["step"] = s
+        self._plot()
+        return metrics
+
+    def _model_with(self, weights: dict) -> nn.Module:
+        model = self._new_model("init")
+        model.load_state_dict(weights)
+        return model
+
+    @torch.no_grad()
+    def _guesses(self, model, data, ids, dev, k: int = 3) -> list[list]:
+        out = []
+        for _, logits in predict(model, data, ids, batch_size=256, device=dev):
+            p, c = logits.softmax(1).topk(min(k, logits.shape[1]), dim=1)
+            out += [[[int(ci), round(float(pi), 4)] for ci, pi in zip(cr, pr)] for cr, pr in zip(c, p)]
+        return out
+
+    @torch.no_grad()
+    def _validate(self, model, task, given, val_ids, dev) -> dict:
+        """Accuracy (or mIoU) on the held-out human labels, with its 95% interval and size."""
+        n = len(val_ids)
+        if n == 0:
+            return {"val_size": 0, "val_accuracy": None, "val_low": None, "val_high": None}
+        conf = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
+        loss_sum = 0.0
+        for idx, out in predict(model, given, val_ids, batch_size=256, device=dev):
+            yb = given.batch(idx)[1]
+            conf += task.confusion(out, yb)
+            loss_sum += float(task.per_sample_loss(out, yb).sum())
+        m = task.metrics(conf, loss_sum, n)
+        if isinstance(task, Segmentation):
+            return {"val_size": n, "val_miou": m["miou"], "val_loss": m["loss"]}
+        correct = int(conf.diag().sum())
+        lo, hi = wilson(correct, n)
+        return {"val_size": n, "val_accuracy": correct / n, "val_low": lo, "val_high": hi, "val_loss": m["loss"]}
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        pts = [(r["metrics"]["labeled"], r["metrics"].get("val_accuracy"), r["metrics"].get("val_low"),
+                r["metrics"].get("val_high")) for r in self.store.steps()
+               if r["state"] == "done" and r["step"] > 0 and r["metrics"].get("val_accuracy") is not None]
+        if not pts:
+            return
+        x, acc, lo, hi = zip(*pts)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.fill_between(x, [100 * v for v in lo], [100 * v for v in hi], alpha=0.2, label="95% interval")
+        ax.plot(x, [100 * v for v in acc], marker="o", label="holdout accuracy")
+        ax.set_xlabel("labels")
+        ax.set_ylabel("accuracy on the held-out labels (%)")
+        ax.set_title(self.meta["name"])
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        write_with(self.root / "learning_curve.png", lambda f: fig.savefig(f, format="png", dpi=110))
+        plt.close(fig)
+
+    # --- labels in and out --------------------------------------------------------------------
+    def import_csv(self, path, *, source: str = "csv") -> dict:
+        """Labels from a CSV of `path,label` / `id,label` rows; returns counts and the rows it could not use."""
+        from .exchange import read_csv
+
+        if self.task == "segmentation":
+            raise TodalError("A segmentation project takes masks, not class labels: "
+                             f"`todal import {self.root} MASK_DIR --format masks`.")
+        rows, problems = read_csv(path, self)
+        return self._record(rows, problems, source)
+
+    def import_masks(self, folder) -> dict:
+        """Segmentation labels: PNG masks named like the images (pixel = class id, 255 = ignore)."""
+        from .exchange import read_masks
+
+        if self.task != "segmentation":
+            raise TodalError("Masks are for segmentation projects; this one classifies images: import a CSV of "
+                             "path,label rows (--format csv).")
+        rows, problems = read_masks(folder, self)
+        return self._record(rows, problems, "masks")
+
+    def import_label_studio(self, path) -> dict:
+        """Labels from Label Studio's JSON export (choices)."""
+        from .labelstudio import read_export
+
+        rows, problems = read_export(path, self.store)
+        return self._record(rows, problems, "label-studio")
+
+    def _record(self, rows: list[dict], problems: list[str], source: str) -> dict:
+        written, duplicates = self.store.add_labels(rows, source=source) if rows else (0, 0)
+        return {"imported": written, "duplicates": duplicates, "problems": problems}
+
+    def export(self, fmt: str, out, **options) -> int:
+        """Write the queue (`csv`, `label-studio`) or the labeled images (`imagefolder`) to `out`."""
+        check_choice("format", "todal export", fmt, ("csv", "label-studio", "imagefolder"))
+        if fmt == "csv":
+            from .exchange import export_csv
+
+            return export_csv(self.store, out, self.classes)
+        if fmt == "label-studio":
+            from .labelstudio import export_tasks
+
+            return export_tasks(self.store, out, **options)
+        if self.task == "segmentation":
+            raise TodalError("imagefolder export is for classification projects; the masks are in "
+                             f"{self.root / 'masks'}.")
+        from .exchange import export_imagefolder
+
+        return export_imagefolder(self.store, self.images, out, self.classes)
+
+    # --- status -------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """Labels so far, per class, the queue, and per step the holdout accuracy with its interval and size."""
+        prog = self.store.progress()
+        samples = self.store.samples()
+        counts = {st: 0 for st in ("ok", "missing", "unreadable")}
+        for *_, st, _ in samples:
+            counts[st] += 1
+        steps = []
+        for r in self.store.steps():
+            m = r["metrics"] or {}
+            steps.append({"step": r["step"], "state": r["state"], "strategy": r["config"].get("strategy"),
+                          "labeled": m.get("labeled"), "queued": m.get("queued"),
+                          **{k: m.get(k) for k in ("val_accuracy", "val_low", "val_high", "val_size", "val_miou")
+                             if k in m},
+                          "train_time_s": m.get("train_time_s"), "score_time_s": m.get("score_time_s")})
+        return {"project": str(self.root), "images": str(self.images), "task": self.task, "classes": self.classes,
+                "samples": counts, "labeled": prog["labeled"], "unsure": prog["unsure"],
+                "holdout_labeled": sum(1 for s, (k, *_r) in self.store.current().items()
+                                       if k == "label" and samples[s][5]),
+                "per_class": prog["per_class"], "per_annotator": prog["per_annotator"],
+                "queue": {"waiting": prog["queued"], "batch": prog["batch"]}, "steps": steps,
+                "learning_curve": str(self.root / "learning_curve.png")
+                if (self.root / "learning_curve.png").exists() else None}
