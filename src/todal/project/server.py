@@ -1,0 +1,294 @@
+"""The labeling page of `todal annotate`: a Starlette app over the project's `Store`.
+
+Endpoints (JSON in and out; every error is 4xx with `{"error": "<one line: what is wrong, the fix>"}`
+and changes nothing):
+
+    GET  /                    the page (static/index.html); `/?token=T` sets the token cookie, then redirects to /
+    GET  /static/{file}       app.js, app.css
+    GET  /api/config          {name, task, classes, keys: {classes: [key per class], skip, unsure, undo}}
+    POST /api/next            {annotator, n=5} -> {items: [Item + image url]}: leases up to n samples
+    GET  /api/image/{id}      the sample's image bytes (path from the store, kept inside the images root)
+    POST /api/label           {sample, class (name or index), annotator, request?} -> {id, duplicate}
+    POST /api/unsure          {sample, annotator, request?} -> {id, duplicate}: records kind "unsure"
+    POST /api/skip            {sample, annotator} -> {}: the sample goes to the others, never back to them
+    POST /api/undo            {annotator} -> {item | null}: takes back their latest answer, leased back to them
+    GET  /api/progress        Store.progress(): batch done/left, per class, per annotator
+
+With a token every request needs it: the cookie the page URL sets (HttpOnly, SameSite=Strict) or an
+`Authorization: Bearer` header; else 401. Without one the app answers only loopback Host names (no
+DNS rebinding) and POSTs must be `application/json` (no cross-site form posts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import mimetypes
+import secrets
+import string
+import sys
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from ..errors import TodalError
+from .store import DB_NAME, Store
+
+STATIC = Path(__file__).parent / "static"
+COOKIE = "todal_token"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Action keys; class keys are 1-9, then the letters these leave free.
+SKIP_KEY, UNSURE_KEY, UNDO_KEYS = "s", "u", ("Backspace", "z")
+MAX_BATCH = 50
+
+
+def class_keys(n: int) -> list[str | None]:
+    """The keyboard shortcut of each of `n` classes: 1-9, then a, b, c... without the action keys."""
+    letters = [c for c in string.ascii_lowercase if c not in (SKIP_KEY, UNSURE_KEY, *UNDO_KEYS)]
+    keys = [str(i) for i in range(1, 10)] + letters
+    return [keys[i] if i < len(keys) else None for i in range(n)]
+
+
+class BadRequest(Exception):
+    """A 4xx answer with a one-line message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def _error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": " ".join(str(message).split())}, status_code=status)
+
+
+async def _body(request: Request, fields: dict[str, type | tuple]) -> dict:
+    """The request's JSON object, checked against `fields` (name -> type; optional names end in '?')."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise BadRequest("The request body must be JSON; send it with Content-Type: application/json.", 415)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON; send a JSON object like "
+                         '{"annotator": "ana", "sample": 3}.') from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"The request body must be a JSON object. Got {type(body).__name__}.")
+    out = {}
+    for name, kind in fields.items():
+        key = name.rstrip("?")
+        if key not in body or body[key] is None:
+            if name.endswith("?"):
+                continue
+            raise BadRequest(f"The request body misses {key!r}; add it (expected {_kind_name(kind)}).")
+        value = body[key]
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise BadRequest(f"The {key!r} field must be {_kind_name(kind)}. Got {value!r}.")
+        out[key] = value
+    if "annotator" in out:
+        out["annotator"] = _annotator(out["annotator"])
+    if "request" in out and not 0 < len(out["request"]) <= 128:
+        raise BadRequest("The 'request' field must be a non-empty id of at most 128 characters, "
+                         "like crypto.randomUUID().")
+    return out
+
+
+def _kind_name(kind) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "an integer", str: "a string"}[k] for k in kinds)
+
+
+def _annotator(name: str) -> str:
+    name = name.strip()
+    if not 0 < len(name) <= 64 or not name.isprintable():
+        raise BadRequest(f"The 'annotator' field must be a name of 1 to 64 printable characters. Got {name!r}.")
+    return name
+
+
+class _Gate:
+    """ASGI middleware: the token (cookie or bearer) when one is set, else loopback Host names only."""
+
+    def __init__(self, app, token: str | None):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        if self.token is None:
+            host = request.url.hostname or ""
+            if host.strip("[]") not in LOOPBACK:
+                return await _error(f"Host {host!r} is not a loopback name; open the page at 127.0.0.1, "
+                                    "or serve with a token.", 403)(scope, receive, send)
+            return await self.app(scope, receive, send)
+        query = request.query_params.get("token")
+        if query is not None and request.url.path == "/" and secrets.compare_digest(query, self.token):
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
+            return await response(scope, receive, send)
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        if not secrets.compare_digest(given.encode(), self.token.encode()):
+            return await _error("This labeling server needs its token; open the URL it printed "
+                                "(http://HOST:PORT/?token=...) or send Authorization: Bearer TOKEN.",
+                                401)(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0) -> Starlette:
+    """The labeling app over `project_dir`/project.db; refuses a segmentation project or an unreadable file."""
+    project_dir = Path(project_dir)
+    store = Store(project_dir / DB_NAME)
+    meta = store.meta()
+    if meta.get("task", "classification") != "classification":
+        raise TodalError(f"{project_dir} is a {meta.get('task')} project; the labeling page labels classification "
+                         "projects only; export its queue and label the masks in a segmentation tool.")
+    classes: list[str] = list(meta["classes"])
+    root = Path(meta["images"]).resolve()
+    index = {c: i for i, c in enumerate(classes)}
+    name = meta.get("name") or project_dir.resolve().name
+
+    def sample_id(value: int) -> int:
+        if store.sample_path(value) is None:
+            raise BadRequest(f"Unknown sample id {value}; take ids from /api/next.", 404)
+        return value
+
+    def class_index(value: int | str) -> int:
+        if isinstance(value, str):
+            if value not in index:
+                raise BadRequest(f"Unknown class {value!r}; use one of: {', '.join(classes)} (or its index).")
+            return index[value]
+        if not 0 <= value < len(classes):
+            raise BadRequest(f"Class index {value} is outside [0, {len(classes)}); classes: {', '.join(classes)}.")
+        return value
+
+    def config(request: Request) -> JSONResponse:
+        return JSONResponse({"name": name, "task": meta.get("task", "classification"), "classes": classes,
+                             "keys": {"classes": class_keys(len(classes)), "skip": SKIP_KEY,
+                                      "unsure": UNSURE_KEY, "undo": list(UNDO_KEYS)}})
+
+    def item(it) -> dict:
+        return {**it.to_dict(), "image": f"/api/image/{it.sample}"}
+
+    async def next_(request: Request) -> JSONResponse:
+        b = await _body(request, {"annotator": str, "n?": int})
+        n = b.get("n", 5)
+        if not 1 <= n <= MAX_BATCH:
+            raise BadRequest(f"The 'n' field must be an integer in [1, {MAX_BATCH}]. Got {n}.")
+        items = await run_in_threadpool(store.lease, b["annotator"], n, lease_ttl)
+        return JSONResponse({"items": [item(it) for it in items]})
+
+    def image(request: Request) -> Response:
+        sid = request.path_params["sample_id"]
+        rel = store.sample_path(sid)
+        if rel is None:
+            raise BadRequest(f"Unknown sample id {sid}; take ids from /api/next.", 404)
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise BadRequest(f"The image of sample {sid} is not under the images root {root}; "
+                             "re-index the project with `todal init`.", 404)
+        media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return FileResponse(path, media_type=media, headers={"cache-control": "private, max-age=3600",
+                                                             "x-content-type-options": "nosniff"})
+
+    async def answer(request: Request, kind: str) -> JSONResponse:
+        fields = {"sample": int, "annotator": str, "request?": str}
+        if kind == "label":
+            fields["class"] = (int, str)
+        b = await _body(request, fields)
+
+        def write():
+            sid = sample_id(b["sample"])
+            cls = class_index(b["class"]) if kind == "label" else None
+            return store.add_label(sid, cls, annotator=b["annotator"], source="web", kind=kind,
+                                   request=b.get("request"))
+
+        row, duplicate = await run_in_threadpool(write)
+        return JSONResponse({"id": row, "duplicate": duplicate})
+
+    async def label(request: Request) -> JSONResponse:
+        return await answer(request, "label")
+
+    async def unsure(request: Request) -> JSONResponse:
+        return await answer(request, "unsure")
+
+    async def skip(request: Request) -> JSONResponse:
+        b = await _body(request, {"sample": int, "annotator": str})
+
+        def write():
+            store.skip(sample_id(b["sample"]), b["annotator"])
+
+        await run_in_threadpool(write)
+        return JSONResponse({})
+
+    async def undo(request: Request) -> JSONResponse:
+        b = await _body(request, {"annotator": str})
+        it = await run_in_threadpool(store.undo, b["annotator"], lease_ttl)
+        return JSONResponse({"item": item(it) if it else None})
+
+    def progress(request: Request) -> JSONResponse:
+        return JSONResponse(store.progress())
+
+    def page(request: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    async def bad_request(request: Request, exc: Exception) -> JSONResponse:
+        return _error(str(exc), exc.status if isinstance(exc, BadRequest) else 400)
+
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.detail if exc.status_code != 404 else f"No such page or endpoint: {request.url.path}; "
+                      "see the endpoints in todal.project.server.", exc.status_code)
+
+    routes = [
+        Route("/", page),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/api/config", config),
+        Route("/api/next", next_, methods=["POST"]),
+        Route("/api/image/{sample_id:int}", image),
+        Route("/api/label", label, methods=["POST"]),
+        Route("/api/unsure", unsure, methods=["POST"]),
+        Route("/api/skip", skip, methods=["POST"]),
+        Route("/api/undo", undo, methods=["POST"]),
+        Route("/api/progress", progress),
+    ]
+    app = Starlette(routes=routes, max_body_size=64 * 1024,
+                    exception_handlers={BadRequest: bad_request, TodalError: bad_request, HTTPException: http_error})
+    app.add_middleware(_Gate, token=token)
+    app.state.store = store
+    return app
+
+
+def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+          quiet: bool = False) -> None:
+    """Serve the labeling page until interrupted; a host other than loopback needs a token (one is made)."""
+    import uvicorn
+
+    if host not in LOOPBACK and token is None:
+        token = secrets.token_urlsafe(24)
+    app = make_app(project_dir, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Labeling page: http://{shown}:{port}/" + (f"?token={token}" if token else ""), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m todal.project.server", description=serve.__doc__)
+    p.add_argument("project", help="the project folder (holds project.db)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=None)
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        serve(a.project, host=a.host, port=a.port, token=a.token, quiet=a.quiet)
+    except TodalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
