@@ -139,7 +139,7 @@
       meter.append(fill);
       const pct = document.createElement("span");
       pct.className = "p";
-      pct.textContent = `${(p * 100).toFixed(p < 0.1 ? 1 : 0)}%`;
+      pct.textContent = p < 0.01 ? "<1%" : `${Math.round(p * 100)}%`;
       li.append(name, meter, pct);
       list.append(li);
     }
