@@ -231,3 +231,12 @@ def test_round_trip_answers_that_differ_from_the_guesses_reach_the_store(tmp_pat
     assert store.add_labels(rows, source="label-studio") == (4, 0)
     assert store.current() == {s: ("label", c, None, str(i)) for i, (s, c) in enumerate(want.items())}
     assert store.queued() == []
+
+
+def test_read_export_refuses_a_todal_id_whose_path_disagrees(tmp_path):
+    store = make_project(tmp_path, n=2)
+    ids = store.ids_by_path()
+    tasks = [export_task(1, {"todal_id": ids["a/img 0.png"], "path": "b/img 1.png"}, [annotation(1, ["dog"])])]
+    rows, problems = read_export(_write(tmp_path, tasks), store)
+    assert rows == [] and problems == ["task 1: no todal sample matches its data (todal_id, path or image URL); "
+                                       "was it exported from this project?"]

@@ -24,7 +24,7 @@ from xml.sax.saxutils import quoteattr
 
 from ..atomic import write_text
 from ..errors import TodalError
-from .store import Store
+from .store import Item, Store
 
 IMAGE_KEY = "image"    # data key the <Image> tag reads ($image)
 FROM_NAME = "label"    # name of the <Choices> tag
@@ -101,7 +101,7 @@ def export_tasks(store: Store, out_path: str | os.PathLike, *, image_url: str = 
     return len(tasks)
 
 
-def _prediction(item, classes: list[str]) -> dict | None:
+def _prediction(item: Item, classes: list[str]) -> dict | None:
     result = []
     if item.guesses:
         cls, prob = item.guesses[0]
@@ -192,13 +192,14 @@ def _load_export(path: Path) -> list[dict]:
 
 def _sample_of(task: dict, by_path: dict[str, int], known: set[int]) -> int | None:
     data = task["data"]
-    tid = data.get("todal_id")
+    tid, path = data.get("todal_id"), data.get("path")
+    if isinstance(tid, str) and tid.isdigit():
+        tid = int(tid)
     if isinstance(tid, int) and not isinstance(tid, bool) and tid in known:
-        return tid
-    if isinstance(tid, str) and tid.isdigit() and int(tid) in known:
-        return int(tid)
-    if isinstance(data.get("path"), str) and data["path"] in by_path:
-        return by_path[data["path"]]
+        # An id from another project would label the wrong image: its path must agree when given.
+        return tid if not isinstance(path, str) or by_path.get(path) == tid else None
+    if isinstance(path, str) and path in by_path:
+        return by_path[path]
     image = data.get(IMAGE_KEY)
     if isinstance(image, str) and not image.startswith("data:"):
         return _match_url(image, by_path)
