@@ -1,4 +1,4 @@
-"""`todal run | compare | strategies`: parse, call the library, print."""
+"""`todal run | compare | strategies | bench` and the labeling project's commands: parse, call the library, print."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import __version__, strategies
 from .bench import cli as bench_cli
+from .project import cli as project_cli
 from .atomic import write_json
 from .errors import TodalError
 from .loop import ActiveLoop, default_task
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("strategies", help="list the strategies")
     bench_cli.add_parser(sub)
+    project_cli.add_parsers(sub)
     return ap
 
 
@@ -224,7 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         commands = {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies, "bench": bench_cli.run}
-        commands[args.command](args, argv)
+        if args.command in project_cli.COMMANDS:
+            project_cli.COMMANDS[args.command](args)
+        else:
+            commands[args.command](args, argv)
     except TodalError as e:
         print(f"todal: error: {e}", file=sys.stderr)
         return 2

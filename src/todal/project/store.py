@@ -322,10 +322,11 @@ class Store:
                              for s, r, sc, st, g in rows])
 
     def pending(self) -> list[tuple[int, int, int]]:
-        """Queued samples without an answer: `(step, sample, rank)`, newest step first, then by rank."""
+        """Queued samples without an answer whose file is readable: `(step, sample, rank)`, newest step first,
+        then by rank."""
         return self._con().execute(
-            f"SELECT step, sample, MIN(rank) FROM queue WHERE sample NOT IN ({_ANSWERED}) GROUP BY sample "
-            "ORDER BY step DESC, rank").fetchall()
+            f"SELECT step, sample, MIN(rank) FROM queue WHERE sample NOT IN ({_ANSWERED}) "
+            "AND sample IN (SELECT id FROM samples WHERE status = 'ok') GROUP BY sample ORDER BY step DESC, rank").fetchall()
 
     def queued(self) -> list[Item]:
         """Every queued sample without an answer, as `Item`s (no lease taken), newest step first, by rank."""

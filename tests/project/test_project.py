@@ -1,0 +1,279 @@
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import todal.project.core as core
+from projkit import CLASSES, answer_queue, write_images
+from todal.errors import TodalError
+from todal.project.core import Project, wilson
+from todal.project.store import Store
+
+TRAIN = {"epochs": 12, "batch_size": 16, "lr": 0.05}
+
+
+def make(tmp_path, n=150, **kw):
+    truth = write_images(tmp_path / "images", n)
+    kw = {"size": 12, "seed_batch": 60, "train": TRAIN, **kw}
+    project, report = Project.init(tmp_path / "proj", tmp_path / "images", CLASSES, **kw)
+    return project, report, truth
+
+
+def test_wilson_interval_matches_hand_values():
+    lo, hi = wilson(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_init_indexes_nested_folders_into_a_disk_cache(tmp_path):
+    project, report, truth = make(tmp_path, n=40, seed_batch=10)
+    rows = project.store.samples()
+    assert sorted(p for _, p, *_ in rows) == sorted(truth)
+    assert len(report.added) == 40 and not report.missing
+    sha = {p: h for _, p, h, *_ in rows}
+    import hashlib
+    some = next(iter(truth))
+    assert sha[some] == hashlib.sha256((tmp_path / "images" / some).read_bytes()).hexdigest()
+    cache = project.cache
+    assert cache.path.stat().st_size == 40 * 1 * 12 * 12  # uint8, grayscale, 12x12, on disk
+    assert isinstance(cache.array(), np.memmap)
+    from PIL import Image
+    i = next(i for i, p, *_ in rows if p == some)
+    assert np.array_equal(cache.array()[i, 0], np.asarray(Image.open(tmp_path / "images" / some)))
+    assert len(project.store.queued()) == 10  # the random seed batch
+
+
+def test_init_again_reports_new_moved_changed_missing_and_unreadable(tmp_path):
+    project, _, truth = make(tmp_path, n=30, seed_batch=10)
+    images = tmp_path / "images"
+    ids = project.store.ids_by_path()
+    paths = sorted(truth)
+    moved, deleted, changed = paths[0], paths[1], paths[2]
+    project.store.add_label(ids[moved], 1, annotator="a", source="test")
+    (images / "elsewhere").mkdir()
+    shutil.move(images / moved, images / "elsewhere" / "moved.png")
+    (images / deleted).unlink()
+    from PIL import Image
+    Image.fromarray(np.full((12, 12), 200, np.uint8)).save(images / changed)
+    write_images(images, 5, seed=9, start=1000)
+    (images / "broken.png").write_bytes(b"not a png at all")
+    project, report = Project.init(tmp_path / "proj", images, CLASSES)
+    assert len(report.added) == 6 and report.moved == [(moved, "elsewhere/moved.png")]
+    assert report.missing == [deleted] and report.changed == [changed]
+    assert [p for p, _ in report.unreadable] == ["broken.png"]
+    now = project.store.ids_by_path()
+    assert now["elsewhere/moved.png"] == ids[moved]  # the same sample, its label kept
+    assert project.store.current()[ids[moved]][1] == 1
+    status = {p: s for _, p, _, _, s, _ in project.store.samples()}
+    assert status[deleted] == "missing" and status["broken.png"] == "unreadable"
+    assert any("unreadable (skipped): broken.png" in line for line in report.lines())
+    assert len(project.store.steps()) == 1  # indexing again does not queue another seed batch
+    assert ids[deleted] not in {it.sample for it in project.store.queued()}  # a missing file is not served
+
+
+def test_init_refuses_a_changed_class_list(tmp_path):
+    make(tmp_path, n=20, seed_batch=5)
+    with pytest.raises(TodalError, match="class list changed since init"):
+        Project.init(tmp_path / "proj", tmp_path / "images", ["horizontal", "vertical", "other"])
+
+
+@pytest.mark.parametrize("content", [b"random bytes, not sqlite" * 100, "foreign"])
+def test_a_corrupted_or_foreign_database_is_refused_in_one_line(tmp_path, content):
+    (tmp_path / "proj").mkdir()
+    db = tmp_path / "proj" / "project.db"
+    if content == "foreign":
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE meta (key TEXT, value TEXT)")
+        con.execute("CREATE TABLE users (name TEXT)")
+        con.commit()
+        con.close()
+    else:
+        db.write_bytes(content)
+    with pytest.raises(TodalError, match="not a readable todal project database") as e:
+        Project(tmp_path / "proj")
+    assert "\n" not in str(e.value)
+
+
+def test_step_trains_on_the_persons_labels(tmp_path):
+    """The images carry no labels: what the model learns can only come from the person. Labels given
+    as a permutation of the truth make the model's guesses follow the permutation."""
+    project, _, truth = make(tmp_path)
+    swap = {0: 1, 1: 2, 2: 0}
+    answer_queue(project, truth, relabel=swap.get)
+    m = project.step(budget=30, strategy="entropy")
+    assert m["val_size"] == 12 and m["val_accuracy"] >= 0.9  # 20% of the 60 random seed labels held out
+    queued = project.store.queued()
+    hits = sum(it.guesses[0][0] == swap[truth[it.path]] for it in queued)
+    assert hits >= 0.8 * len(queued)
+
+
+def test_holdout_is_never_trained_on_and_comes_from_random_batches(tmp_path, monkeypatch):
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    seen = {}
+    real = core.fit
+
+    def spy(model, task, data, labeled, **kw):
+        seen["labeled"] = set(labeled.tolist())
+        return real(model, task, data, labeled, **kw)
+
+    monkeypatch.setattr(core, "fit", spy)
+    project.step(budget=20, strategy="cod")
+    holdout = {i for i, *_, h in project.store.samples() if h}
+    seed_batch = {s for st, s, _ in project.store._con().execute("SELECT step, sample, rank FROM queue WHERE step = 0")}
+    assert len(holdout) == 12 and holdout <= seed_batch
+    assert not (seen["labeled"] & holdout) and len(seen["labeled"]) == 48
+    active = {it.sample for it in project.store.queued()}
+    assert not (active & holdout) and len(active) == 20
+
+
+def test_a_step_killed_midway_resumes_to_the_same_queue(tmp_path, monkeypatch):
+    a, _, truth = make(tmp_path / "a")
+    b, _, _ = make(tmp_path / "b")
+    for p in (a, b):
+        answer_queue(p, truth)
+    a.step(budget=25, strategy="cod", semi=True)
+
+    class Killed(Exception):
+        pass
+
+    real = core.Project._validate
+
+    def dying(self, *args, **kw):
+        raise Killed
+
+    monkeypatch.setattr(core.Project, "_validate", dying)
+    with pytest.raises(Killed):
+        b.step(budget=25, strategy="cod", semi=True)
+    assert b.store.steps()[-1]["state"] == "trained"
+    answer_queue(b, truth, limit=5, annotator="late")  # labels given meanwhile do not change this step
+    monkeypatch.setattr(core.Project, "_validate", real)
+    b.step(budget=25, strategy="cod", semi=True)
+    qa = [(it.sample, it.rank) for it in a.store.queued()]
+    qb = [(it.sample, it.rank) for it in b.store.queued()]
+    assert qa == qb and len(qa) == 25
+    assert a.store.steps()[-1]["metrics"]["val_accuracy"] == b.store.steps()[-1]["metrics"]["val_accuracy"]
+
+
+def test_resuming_with_other_options_is_refused(tmp_path, monkeypatch):
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    monkeypatch.setattr(core.Project, "_validate", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    with pytest.raises(RuntimeError):
+        project.step(budget=25, strategy="cod")
+    monkeypatch.undo()
+    with pytest.raises(TodalError, match="Step 1 was started with .* run it again with the same options"):
+        project.step(budget=25, strategy="entropy")
+
+
+def test_step_without_labels_says_what_to_do(tmp_path):
+    project, _, _ = make(tmp_path, n=30, seed_batch=10)
+    with pytest.raises(TodalError, match="No labels to train on yet: label the queue first"):
+        project.step()
+
+
+def test_export_and_import_csv(tmp_path):
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    project.step(budget=10, strategy="margin")
+    out = tmp_path / "queue.csv"
+    assert project.export("csv", out) == 10
+    lines = out.read_text().splitlines()
+    assert lines[0] == "id,path,score,guess"
+    rows = [line.split(",") for line in lines[1:]]
+    by_path = project.store.ids_by_path()
+    assert all(by_path[p] == int(i) and g in CLASSES for i, p, _, g in rows)
+    scores = [float(s) for _, _, s, _ in rows]
+    assert scores == sorted(scores, reverse=True)  # by rank: the most informative first
+    # A person's answers: some by path, one by absolute path, problems reported, nothing fatal.
+    answers = tmp_path / "answers.csv"
+    answers.write_text("path,label,annotator\n"
+                       f"{rows[0][1]},vertical,ann\n{tmp_path / 'images' / rows[1][1]},diagonal,ann\n"
+                       f"{rows[2][1]},cat,ann\nmissing.png,vertical,ann\n")
+    r = project.import_csv(answers)
+    assert r["imported"] == 2 and len(r["problems"]) == 2
+    assert "label 'cat' is not a class" in r["problems"][0] and "'missing.png' is not an image" in r["problems"][1]
+    cur = project.store.current()
+    assert cur[int(rows[0][0])][1] == 1 and cur[int(rows[1][0])][1] == 2 and cur[int(rows[0][0])][3] == "ann"
+    assert project.import_csv(answers)["duplicates"] == 2  # the same file again records nothing new
+    ids = tmp_path / "ids.csv"
+    ids.write_text(f"{rows[3][0]},horizontal\n")  # no header: id,label
+    assert project.import_csv(ids)["imported"] == 1
+
+
+def test_export_imagefolder(tmp_path):
+    project, _, truth = make(tmp_path, n=30, seed_batch=9)
+    answer_queue(project, truth)
+    n = project.export("imagefolder", tmp_path / "out")
+    files = sorted((tmp_path / "out").rglob("*.png"))
+    assert n == len(files) == 9
+    assert all(CLASSES.index(f.parent.name) == truth[f.name.replace("__", "/")] for f in files)
+
+
+def test_status_reports_per_step_accuracy_interval_and_size(tmp_path):
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    project.step(budget=20, strategy="random")
+    st = project.status()
+    assert st["labeled"] == 60 and st["holdout_labeled"] == 12
+    assert sum(st["per_class"].values()) == 60
+    s1 = st["steps"][1]
+    assert s1["val_size"] == 12 and s1["val_low"] <= s1["val_accuracy"] <= s1["val_high"]
+    assert st["queue"]["waiting"] == 20
+    holdout = [i for i, *_, h in project.store.samples() if h]
+    assert len(holdout) == 12 + 4  # a random step adds its own holdout slice
+    assert (project.root / "learning_curve.png").exists()
+
+
+def test_segmentation_project_trains_on_imported_masks(tmp_path):
+    from PIL import Image
+
+    truth = write_images(tmp_path / "images", 40, nested=False)
+    project, _ = Project.init(tmp_path / "proj", tmp_path / "images", ["background", "bar"], task="segmentation",
+                              model="seg_cnn", size=12, seed_batch=20, train={"epochs": 3, "batch_size": 8, "lr": 1e-3})
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for it in project.store.queued():
+        img = np.asarray(Image.open(tmp_path / "images" / it.path))
+        Image.fromarray((img == 255).astype(np.uint8)).save(masks / it.path)
+    (masks / "nothing.png").write_bytes(b"")
+    r = project.import_masks(masks)
+    assert r["imported"] == 20 and len(r["problems"]) == 1
+    assert sorted((project.root / "masks").glob("*.png"))
+    m = project.step(budget=5, strategy="entropy")
+    assert m["val_size"] == 4 and 0 <= m["val_miou"] <= 1 and m["queued"] == 5
+
+
+def test_cli_workflow(tmp_path):
+    truth = write_images(tmp_path / "images", 90)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+    def todal(*args):
+        return subprocess.run([sys.executable, "-m", "todal.cli", *map(str, args)], capture_output=True, text=True,
+                              env=env, timeout=300)
+
+    proj = tmp_path / "proj"
+    r = todal("init", proj, "--images", tmp_path / "images", "--classes", ",".join(CLASSES), "--size", "12",
+              "--seed-batch", "30", "--epochs", "5", "--quiet")
+    assert r.returncode == 0 and "90 images" in r.stdout and "30 queued" in r.stdout
+    assert todal("export", proj, "--format", "csv", tmp_path / "q.csv").returncode == 0
+    rows = [line.split(",") for line in (tmp_path / "q.csv").read_text().splitlines()[1:]]
+    (tmp_path / "a.csv").write_text("path,label\n" + "".join(f"{p},{CLASSES[truth[p]]}\n" for _, p, _, _ in rows))
+    r = todal("import", proj, tmp_path / "a.csv", "--format", "csv")
+    assert r.returncode == 0 and "imported 30 labels" in r.stdout
+    r = todal("step", proj, "--budget", "10", "--strategy", "entropy", "--quiet")
+    assert r.returncode == 0 and "step 1: trained on 24 labels" in r.stdout and "6 images" in r.stdout
+    st = json.loads(todal("status", proj, "--json").stdout)
+    assert st["labeled"] == 30 and st["steps"][1]["val_size"] == 6
+    r = todal("status", proj)
+    assert "holdout accuracy" in r.stdout and "queue: 10 waiting" in r.stdout
+    bad = todal("init", proj, "--images", tmp_path / "images", "--classes", "a,b")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "class list changed" in bad.stderr
+    bad = todal("step", tmp_path / "nothing")
+    assert bad.returncode == 2 and "is not a todal project" in bad.stderr
