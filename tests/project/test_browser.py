@@ -126,3 +126,44 @@ def test_two_annotators_never_see_the_same_image(browser, tmp_path):
         assert "0 left" in ben.inner_text("#batch-text")
         ana.context.close()
         ben.context.close()
+
+
+def test_a_failed_label_post_is_retried_with_the_same_request_id(browser, tmp_path):
+    project = make_project(tmp_path, 3, guesses=guesses)
+    sent = []
+
+    def flaky(route):
+        sent.append(route.request.post_data_json)
+        if len(sent) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    with ThreadServer(make_app(project)) as url:
+        page = open_page(browser, url, "ana")
+        page.route("**/api/label", flaky)
+        first = shown(page)
+        press(page, "7")
+        settled(page)
+        assert len(sent) == 2 and sent[0] == sent[1] and sent[0]["sample"] == first
+        history = Store(project / DB_NAME).history(first)
+        assert [(h["kind"], h["class"], h["request"]) for h in history] == [("label", 6, sent[0]["request"])]
+        page.context.close()
+
+
+def test_the_token_url_opens_the_page_and_labels_go_through(browser, tmp_path):
+    project = make_project(tmp_path, 2, guesses=guesses)
+    with ThreadServer(make_app(project, token="t0ken")) as url:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(url + "/")
+        assert "needs its token" in page.inner_text("body")
+        page.goto(url + "/?token=t0ken")
+        assert page.url == url + "/"  # the token left the address bar for an HttpOnly cookie
+        page.fill("#name-input", "ana")
+        page.click("#name-form button[type=submit]")
+        first = shown(page)
+        press(page, "9")
+        settled(page)
+        assert labels(project) == [(first, "label", 8, "ana")]
+        context.close()

@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 
 from serverkit import CLASSES, labels, make_project, snapshot
 from todal.errors import TodalError
-from todal.project.server import class_keys, make_app
+from todal.project.server import class_keys, make_app, serve
 from todal.project.store import DB_NAME, Store
 
 LOCAL = "http://127.0.0.1:8765"
@@ -253,3 +253,30 @@ def test_corrupted_database_from_the_command_line_has_no_traceback(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1 and "not a readable todal project database" in r.stderr
+
+
+# --- serve ------------------------------------------------------------------------------------
+def test_serve_makes_a_token_for_a_non_loopback_host(project, monkeypatch, capsys):
+    import uvicorn
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    serve(project, host="0.0.0.0", port=9999, quiet=True)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("Labeling page: http://0.0.0.0:9999/?token=") and ran["host"] == "0.0.0.0"
+    token = line.split("token=")[1]
+    assert len(token) >= 24
+    with TestClient(ran["app"], base_url="http://192.168.1.5:9999") as c:
+        assert c.get("/api/config").status_code == 401
+        assert c.get("/api/config", headers={"authorization": f"Bearer {token}"}).status_code == 200
+
+
+def test_serve_on_loopback_needs_no_token(project, monkeypatch, capsys):
+    import uvicorn
+
+    ran = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    serve(project, port=9999)
+    assert capsys.readouterr().out.strip() == "Labeling page: http://127.0.0.1:9999/"
+    with TestClient(ran["app"], base_url="http://127.0.0.1:9999") as c:
+        assert c.get("/api/config").status_code == 200

@@ -10,7 +10,7 @@
   let annotator = localStorage.getItem("todal.annotator") || "";
   let current = null;         // the item on screen
   const ahead = [];           // leased items whose images are preloading
-  const answered = new Set(); // samples answered here: never shown again unless undone
+  const answered = new Set(); // samples answered here whose write is not acknowledged yet: not shown again
   let writes = Promise.resolve();  // the write chain: a label reaches the server before its undo
   let pending = 0;
   let emptyTimer = null;
@@ -150,7 +150,8 @@
     if (!current) return;
     const item = current;
     answered.add(item.sample);
-    write(url, {sample: item.sample, annotator, request: requestId(), ...extra});
+    write(url, {sample: item.sample, annotator, request: requestId(), ...extra})
+      .then(() => answered.delete(item.sample));
     advance();
   }
 
@@ -161,7 +162,7 @@
     if (!current) return;
     const item = current;
     answered.add(item.sample);
-    write("/api/skip", {sample: item.sample, annotator});
+    write("/api/skip", {sample: item.sample, annotator}).then(() => answered.delete(item.sample));
     advance();
   }
 
@@ -296,9 +297,9 @@
     $("project").textContent = config.name;
     buildButtons();
     render();
-    $("name-form").addEventListener("submit", () => {
+    $("name-form").addEventListener("submit", (e) => {
       const name = $("name-input").value.trim();
-      if (name) setName(name);
+      if (name) setName(name); else e.preventDefault();
     });
     $("name-dialog").addEventListener("cancel", (e) => { if (!annotator) e.preventDefault(); });
     $("who-change").addEventListener("click", askName);
