@@ -266,3 +266,14 @@ def test_file_oracle_labels_reach_training(tmp_path):
                       epochs=8, train={"batch_size": 8, "lr": 0.05}, num_classes=3, oracle=FileOracle(answers),
                       workdir=tmp_path / "run").run()
     assert recs[-1]["accuracy"] > 0.9
+
+
+def test_file_oracle_takes_class_names_and_writes_paths(tmp_path):
+    oracle = FileOracle(tmp_path, classes=["cat", "dog"], paths=[f"img{i}.png" for i in range(5)])
+    assert oracle.label(torch.tensor([1, 3])) is None
+    assert (tmp_path / "to_label.csv").read_text() == "index,path\n1,img1.png\n3,img3.png\n"
+    (tmp_path / "labels.csv").write_text("index,label\n1,dog\n3,0\n")
+    assert oracle.label(torch.tensor([1, 3])).tolist() == [1, 0]
+    (tmp_path / "labels.csv").write_text("1,bird\n")
+    with pytest.raises(TodalError, match=r"line 1 is '1,bird'.*a class name \(cat, dog\) or index"):
+        oracle.label(torch.tensor([1]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -25,14 +26,21 @@ class SimulatedOracle:
 
 
 class FileOracle:
-    """A person labels: the loop writes `to_label.csv` (index) and stops; the person writes
-    `labels.csv` (index,label) beside it and re-runs the same command, which resumes.
+    """A person labels: the loop writes `to_label.csv` (`index`, and `path` when `paths` are given) and
+    stops; the person writes `labels.csv` (`index,label`) beside it and re-runs the same command, which
+    resumes. A label is a class index, or a class name when `classes` are given.
+
+    For a folder of images, a labeling page and Label Studio, use a labeling project instead
+    (`todal init`, `todal.project`).
 
     Returns None from `label()` while answers are missing, so the loop can stop cleanly.
     """
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, *, classes: Sequence[str] | None = None,
+                 paths: Sequence[str] | None = None):
         self.folder = Path(folder)
+        self.classes = None if classes is None else {str(c): i for i, c in enumerate(classes)}
+        self.paths = None if paths is None else list(paths)
 
     def label(self, indices: Tensor) -> Tensor | None:
         answers = self.folder / "labels.csv"
@@ -41,19 +49,24 @@ class FileOracle:
             missing = [int(i) for i in indices if int(i) not in got]
             if not missing:
                 return torch.tensor([got[int(i)] for i in indices], dtype=torch.long)
-        write_text(self.folder / "to_label.csv", "index\n" + "".join(f"{int(i)}\n" for i in indices))
+        if self.paths is None:
+            text = "index\n" + "".join(f"{int(i)}\n" for i in indices)
+        else:
+            text = "index,path\n" + "".join(f"{int(i)},{self.paths[int(i)]}\n" for i in indices)
+        write_text(self.folder / "to_label.csv", text)
         return None
 
-    @staticmethod
-    def _read(path: Path) -> dict[int, int]:
+    def _read(self, path: Path) -> dict[int, int]:
         out = {}
+        expected = "an integer class" if self.classes is None else f"a class name ({', '.join(self.classes)}) or index"
         with open(path, newline="") as f:
             for n, row in enumerate(csv.reader(f), 1):
                 if not row or row[0].strip().lower() == "index":
                     continue
                 try:
-                    out[int(row[0])] = int(row[1])
+                    label = row[1].strip()
+                    out[int(row[0])] = self.classes[label] if self.classes and label in self.classes else int(label)
                 except (ValueError, IndexError):
                     raise TodalError(f"{path} line {n} is {','.join(row)!r}; each line must be "
-                                     "'index,label' with two integers.") from None
+                                     f"'index,label' with an integer index and {expected}.") from None
         return out

@@ -78,3 +78,22 @@ def test_errors(tmp_path):
         load_dataset("folder")
     with pytest.raises(TodalError, match="'test_fraction' parameter"):
         read_image_folder(tmp_path / "bad", test_fraction=1.5)
+
+
+def test_each_sample_keeps_its_file_path(tmp_path):
+    arrays = {}
+    for cls in ("ant", "zebra"):
+        for i in range(3):
+            arrays[f"{cls}/{i}.png"] = png(tmp_path / cls / f"{i}.png", rgb(hash((cls, i)) % 1000))
+    train, test = read_image_folder(tmp_path, image_size=6, test_fraction=0.34)
+    for data in (train, test):
+        assert len(data.paths) == len(data)
+        for i, rel in enumerate(data.paths):
+            assert np.array_equal(data.x[i].numpy(), arrays[rel].transpose(2, 0, 1))
+            assert data.classes[int(data.y[i])] == rel.split("/")[0]
+
+
+def test_a_flat_folder_points_to_a_labeling_project(tmp_path):
+    png(tmp_path / "a.png", rgb(0))
+    with pytest.raises(TodalError, match="start a labeling project: todal init PROJECT --images"):
+        read_image_folder(tmp_path, image_size=6)

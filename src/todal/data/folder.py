@@ -43,8 +43,9 @@ def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int],
         files += found
         labels += [classes.index(d.name)] * len(found)
     if not files:
-        raise TodalError(f"No images ({', '.join(EXTENSIONS)}) found under {root}; put each class's images in "
-                         f"its own sub-folder, e.g. {root}/cat/001.png.")
+        raise TodalError(f"No images ({', '.join(EXTENSIONS)}) found in class sub-folders of {root}; put each class's "
+                         f"images in its own sub-folder, e.g. {root}/cat/001.png, or, for images without labels, "
+                         f"start a labeling project: todal init PROJECT --images {root} --classes a,b,c.")
     return files, labels, classes
 
 
@@ -114,6 +115,7 @@ def read_image_folder(root: str | os.PathLike, *, image_size: int | tuple[int, i
     test_fraction)` images of every class in test (seeded by `seed`), like the paper's 90/10.
     Classes are the sorted folder names. mean/std come from the train split.
     Augmentation: crop_padding defaults to an eighth of the height (4 px at 32), hflip=True.
+    Each set's `paths` holds its files' paths relative to `root`, in sample order.
     """
     root = Path(root).expanduser()
     size = _size(image_size, "image_size")
@@ -145,5 +147,8 @@ def read_image_folder(root: str | os.PathLike, *, image_size: int | tuple[int, i
     mean, std = channel_stats(xs[0])
     pad = max(1, xs[0].shape[2] // 8) if crop_padding is None else crop_padding
     name = root.name if name is None else name
-    return tuple(ArrayDataset(x, y, num_classes=len(classes), mean=mean, std=std, classes=classes, name=name,
+    sets = tuple(ArrayDataset(x, y, num_classes=len(classes), mean=mean, std=std, classes=classes, name=name,
                               crop_padding=pad, hflip=hflip) for x, y in zip(xs, ys))
+    for data, files in zip(sets, (train_files, test_files)):
+        data.paths = [f.relative_to(root).as_posix() for f in files]  # sample i came from paths[i]
+    return sets

@@ -424,6 +424,18 @@ class Project:
         model.load_state_dict(weights)
         return model
 
+    def model(self, step: int | None = None) -> nn.Module:
+        """The model a step trained (default: the latest finished step), on the CPU, in eval mode."""
+        done = [r["step"] for r in self.store.steps() if r["state"] in ("trained", "done") and r["step"] > 0]
+        if not done:
+            raise TodalError(f"No step has trained a model yet; run `todal step {self.root}`.")
+        step = max(done) if step is None else int(step)
+        return self._model_with(self._load(step)["model"]).eval()
+
+    def dataset(self) -> FolderImages:
+        """The project's images as a todal dataset (inputs from the cache; labels come from the store)."""
+        return self._dataset()
+
     @torch.no_grad()
     def _guesses(self, model, data, ids, dev, k: int = 3) -> list[list]:
         out = []
