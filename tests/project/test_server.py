@@ -75,7 +75,7 @@ def test_image_is_served_by_id(client, project):
     assert r.content == (project.parent / "images" / "b" / "img_00003.png").read_bytes()
 
 
-@pytest.mark.parametrize("url", ["/api/image/99", "/api/image/-1", "/api/image/abc", "/api/image/3.0",
+@pytest.mark.parametrize("url", ["/api/image/99", "/api/image/99999999999999999999", "/api/image/-1", "/api/image/abc", "/api/image/3.0",
                                  "/api/image/..%2F..%2Fetc%2Fpasswd", "/api/image/../../etc/passwd",
                                  "/api/image/%2e%2e/%2e%2e/etc/passwd"])
 def test_image_never_serves_a_path_from_the_request(client, url):
@@ -137,6 +137,10 @@ BAD = [
     ("/api/label", {"sample": 0, "class": True, "annotator": "ana"}, "'class' field must be"),
     ("/api/label", {"sample": 0, "class": 1.5, "annotator": "ana"}, "'class' field must be"),
     ("/api/label", {"sample": 999, "class": 1, "annotator": "ana"}, "Unknown sample id 999"),
+    ("/api/label", {"sample": 2**70, "class": 1, "annotator": "ana"}, "Unknown sample id"),
+    ("/api/label", {"sample": 0, "class": 2**70, "annotator": "ana"}, "outside [0, 10)"),
+    ("/api/label", {"sample": 0, "class": 1, "annotator": "a\x00b"}, "printable"),
+    ("/api/label", {"sample": 0, "class": 1, "annotator": "ana", "request": 5}, "'request' field must be a string"),
     ("/api/label", {"sample": "0", "class": 1, "annotator": "ana"}, "'sample' field must be an integer"),
     ("/api/label", {"class": 1, "annotator": "ana"}, "misses 'sample'"),
     ("/api/label", {"sample": 0, "annotator": "ana"}, "misses 'class'"),
@@ -150,6 +154,7 @@ BAD = [
     ("/api/unsure", {"sample": 0, "annotator": ""}, "'annotator' field"),
     ("/api/skip", {"sample": 999, "annotator": "ana"}, "Unknown sample id"),
     ("/api/skip", {"sample": 0}, "misses 'annotator'"),
+    ("/api/skip", {"sample": 2**70, "annotator": "ana"}, "Unknown sample id"),
     ("/api/undo", {}, "misses 'annotator'"),
     ("/api/undo", {"annotator": "x" * 65}, "1 to 64"),
     ("/api/next", {"annotator": ""}, "'annotator' field"),

@@ -160,7 +160,7 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
             return fn(*args)
 
     def sample_id(value: int) -> int:
-        if store.sample_path(value) is None:
+        if not 0 <= value < 2**63 or store.sample_path(value) is None:  # SQLite integers are 64-bit
             raise BadRequest(f"Unknown sample id {value}; take ids from /api/next.", 404)
         return value
 
@@ -190,10 +190,8 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
         return JSONResponse({"items": [item(it) for it in items]})
 
     def image(request: Request) -> Response:
-        sid = request.path_params["sample_id"]
+        sid = sample_id(request.path_params["sample_id"])
         rel = store.sample_path(sid)
-        if rel is None:
-            raise BadRequest(f"Unknown sample id {sid}; take ids from /api/next.", 404)
         path = (root / rel).resolve()
         if not path.is_relative_to(root) or not path.is_file():
             raise BadRequest(f"The image of sample {sid} is not under the images root {root}; "
