@@ -397,7 +397,12 @@ class Project:
                           previous=prev_model, workdir=self.root, progress=progress)
             with seeded(seed, "project-select", s):
                 chosen = strat.select(ctx, min(budget, len(candidates)))
-                scores = strat.score(ctx, chosen) if isinstance(strat, ScoreStrategy) else None
+            scores = None
+            if isinstance(strat, ScoreStrategy) and strat.last_scores_ is not None:
+                cand, all_scores = strat.last_scores_
+                at = torch.full((len(samples),), -1, dtype=torch.long)
+                at[cand] = torch.arange(len(cand))
+                scores = all_scores[at[chosen]]
             scores_time = time.perf_counter() - t2
             guesses = self._guesses(model, data, chosen, dev) if not dense else [[] for _ in chosen]
             queue = [(int(i), r, None if scores is None else float(scores[r]), strat.name, guesses[r])

@@ -245,7 +245,12 @@ class Strategy(abc.ABC):
 
 
 class ScoreStrategy(Strategy):
-    """A strategy that scores candidates and takes the top k: subclasses supply `score`."""
+    """A strategy that scores candidates and takes the top k: subclasses supply `score`.
+
+    After `select`, `last_scores_` is `(candidates [n], scores [n])` of that selection.
+    """
+
+    last_scores_: tuple[Tensor, Tensor] | None = None
 
     @abc.abstractmethod
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
@@ -263,6 +268,7 @@ class ScoreStrategy(Strategy):
     def _select(self, ctx: Context, k: int) -> Tensor:
         cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
         scores, tiebreak = self.score_with_tiebreak(ctx, cand)
+        self.last_scores_ = (cand, scores)  # what the selection saw, for queues that show each pick's score
         if tiebreak is None:
             return cand[top_k(scores, k, largest=not self.ascending(ctx))]
         sign = -1.0 if self.ascending(ctx) else 1.0
