@@ -87,7 +87,7 @@ async def _body(request: Request, fields: dict[str, type | tuple]) -> dict:
             raise BadRequest(f"The request body misses {key!r}; add it (expected {_kind_name(kind)}).")
         value = body[key]
         if isinstance(value, bool) or not isinstance(value, kind):
-            raise BadRequest(f"The {key!r} field must be {_kind_name(kind)}. Got {value!r}.")
+            raise BadRequest(f"The {key!r} field must be {_kind_name(kind)}. Got {_short(value)}.")
         out[key] = value
     if "annotator" in out:
         out["annotator"] = _annotator(out["annotator"])
@@ -95,6 +95,11 @@ async def _body(request: Request, fields: dict[str, type | tuple]) -> dict:
         raise BadRequest("The 'request' field must be a non-empty id of at most 128 characters, "
                          "like crypto.randomUUID().")
     return out
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _kind_name(kind) -> str:
@@ -105,7 +110,7 @@ def _kind_name(kind) -> str:
 def _annotator(name: str) -> str:
     name = name.strip()
     if not 0 < len(name) <= 64 or not name.isprintable():
-        raise BadRequest(f"The 'annotator' field must be a name of 1 to 64 printable characters. Got {name!r}.")
+        raise BadRequest(f"The 'annotator' field must be a name of 1 to 64 printable characters. Got {_short(name)}.")
     return name
 
 
