@@ -277,3 +277,22 @@ def test_cli_workflow(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "class list changed" in bad.stderr
     bad = todal("step", tmp_path / "nothing")
     assert bad.returncode == 2 and "is not a todal project" in bad.stderr
+
+
+def test_cod_scores_the_pool_with_one_pass_from_the_second_step_on(tmp_path, monkeypatch):
+    """The previous step's outputs are kept, so the previous model does not run again."""
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    project.step(budget=20, strategy="cod")
+    answer_queue(project, truth)
+    runs = {"n": 0}
+    real = core.Project._model_with
+
+    def counting(self, weights):
+        model = real(self, weights)
+        model.register_forward_hook(lambda *a: runs.__setitem__("n", runs["n"] + 1))
+        return model
+
+    monkeypatch.setattr(core.Project, "_model_with", counting)
+    project.step(budget=20, strategy="cod")
+    assert runs["n"] == 0  # previous outputs came from strategy_1.pt

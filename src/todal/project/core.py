@@ -6,7 +6,9 @@
     project.status()
 
 Layout of PROJECT/: `project.db` (the state, `todal.project.store`), `cache/` (the images decoded at
-the model's input size), `checkpoints/step_<s>.pt` (model and EMA teacher after step s),
+the model's input size), `checkpoints/step_<s>.pt` (model and EMA teacher after step s's training),
+`checkpoints/strategy_<s>.pt` (what step s's selection kept: COD's outputs, so the next step scores
+the pool with one inference pass),
 `masks/<id>.png` (segmentation labels), `learning_curve.png`.
 
 Accuracy without a test set: a random slice of the random batches (the seed batch, and any step run
@@ -346,6 +348,11 @@ class Project:
                 torch_save(self._checkpoint(0), {"model": model.state_dict(), "ema": None})
             else:
                 model.load_state_dict(prev["model"])
+            kept = self.root / "checkpoints" / f"strategy_{s - 1}.pt"
+            if kept.exists():  # what the last selection kept (COD: its outputs), if the same strategy made it
+                last = torch.load(kept, map_location="cpu", weights_only=False)
+                if last["name"] == strat.name:
+                    strat.load_state_dict(last["state"])
             ema = EMA(model, 0.999) if (semi or strat.needs_ema) else None
             if ema is not None and prev is not None and prev.get("ema") is not None:
                 ema.load_state_dict(prev["ema"])
@@ -418,6 +425,7 @@ class Project:
             holdout_new = pick[torch.randperm(len(pick), generator=g)[:n_hold]].tolist()
             metrics["holdout_added"] = len(holdout_new)
         t4 = time.perf_counter()
+        torch_save(self.root / "checkpoints" / f"strategy_{s}.pt", {"name": strat.name, "state": strat.state_dict()})
         self.store.finish_step(s, metrics, queue, holdout=holdout_new)
         metrics["queue_time_s"] = round(time.perf_counter() - t4, 4)
         metrics["step"] = s
