@@ -282,17 +282,21 @@ class Project:
         return y, masks
 
     def _mask_reader(self, masks: dict[int, str]):
-        from PIL import Image
+        """`read(idx [B]) -> int64 [B, S, S]`: the labeled masks, decoded once at the model's input size."""
         import numpy as np
+        from PIL import Image
 
-        size = self.meta["size"]
+        size, n = self.meta["size"], self.store.num_samples()
+        ids = sorted(masks)
+        maps = torch.empty(len(ids), size, size, dtype=torch.uint8)
+        for j, i in enumerate(ids):  # once per step, not per batch
+            with Image.open(self.root / masks[i]) as im:
+                maps[j] = torch.from_numpy(np.array(im.resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8))
+        pos = torch.full((n,), -1, dtype=torch.long)
+        pos[torch.tensor(ids, dtype=torch.long)] = torch.arange(len(ids))
 
         def read(idx: torch.Tensor) -> torch.Tensor:
-            out = []
-            for i in idx.tolist():  # per labeled sample, files by nature; a batch of masks at a time
-                with Image.open(self.root / masks[i]) as im:
-                    out.append(np.asarray(im.resize((size, size), Image.Resampling.NEAREST), dtype=np.int64))
-            return torch.from_numpy(np.stack(out))
+            return maps[pos[idx]].long()
 
         return read
 
