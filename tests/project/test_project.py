@@ -296,3 +296,50 @@ def test_cod_scores_the_pool_with_one_pass_from_the_second_step_on(tmp_path, mon
     monkeypatch.setattr(core.Project, "_model_with", counting)
     project.step(budget=20, strategy="cod")
     assert runs["n"] == 0  # previous outputs came from strategy_1.pt
+
+
+def test_people_keep_labeling_while_a_step_runs(tmp_path, monkeypatch):
+    """8 writers add labels during a step: every label lands once, the step trains on its snapshot only."""
+    import threading
+
+    started = threading.Event()
+    real_begin = Store.begin_step
+
+    def begin(self, *args):
+        snap = real_begin(self, *args)
+        started.set()  # the writers start once the step holds its snapshot
+        return snap
+
+    monkeypatch.setattr(Store, "begin_step", begin)
+    project, _, truth = make(tmp_path, n=600)
+    answer_queue(project, truth)
+    started.clear()  # init began step 0
+    snapshot = project.store.last_label_id()
+    rest = [i for i, p, *_ in project.store.samples() if i not in project.store.current()]
+    paths = {i: p for i, p, *_ in project.store.samples()}
+    acked, errors = [], []
+
+    def writer(k):
+        store = Store(project.root / "project.db")  # its own connection, as another process would have
+        started.wait(60)
+        try:
+            for i in rest[k::8][:40]:
+                store.add_label(i, truth[paths[i]], annotator=f"w{k}", source="web", request=f"{k}-{i}")
+                acked.append(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    m = project.step(budget=20, strategy="entropy")
+    for t in threads:
+        t.join()
+    assert not errors and len(acked) == 320
+    assert project.store.steps()[-1]["snapshot"] == snapshot
+    assert m["trained_on"] == 48  # the 60 seed labels less the holdout; nothing posted during the step
+    cur = project.store.current()
+    assert all(cur[i][1] == truth[paths[i]] for i in acked)
+    rows = project.store._con().execute("SELECT sample, COUNT(*) FROM labels GROUP BY sample HAVING COUNT(*) > 1")
+    assert rows.fetchall() == []
+    assert project.store.integrity() == "ok"
