@@ -66,7 +66,7 @@ def test_resize_and_center_crop(tmp_path):
 
 def test_errors(tmp_path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
-    with pytest.raises(TodalError, match=r"No images .* found under .*empty; put each class's images"):
+    with pytest.raises(TodalError, match=r"No images .* found in class sub-folders of .*empty; put each class's images"):
         read_image_folder(tmp_path / "empty")
     with pytest.raises(TodalError, match="does not exist"):
         read_image_folder(tmp_path / "missing")

@@ -250,33 +250,43 @@ def test_segmentation_project_trains_on_imported_masks(tmp_path):
     assert m["val_size"] == 4 and 0 <= m["val_miou"] <= 1 and m["queued"] == 5
 
 
-def test_cli_workflow(tmp_path):
+def test_cli_workflow(tmp_path, capsys):
+    from todal.cli import main
+
     truth = write_images(tmp_path / "images", 90)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
     def todal(*args):
-        return subprocess.run([sys.executable, "-m", "todal.cli", *map(str, args)], capture_output=True, text=True,
-                              env=env, timeout=300)
+        capsys.readouterr()
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
 
     proj = tmp_path / "proj"
-    r = todal("init", proj, "--images", tmp_path / "images", "--classes", ",".join(CLASSES), "--size", "12",
-              "--seed-batch", "30", "--epochs", "5", "--quiet")
-    assert r.returncode == 0 and "90 images" in r.stdout and "30 queued" in r.stdout
-    assert todal("export", proj, "--format", "csv", tmp_path / "q.csv").returncode == 0
+    rc, out, _ = todal("init", proj, "--images", tmp_path / "images", "--classes", ",".join(CLASSES), "--size", "12",
+                       "--seed-batch", "30", "--epochs", "5", "--quiet")
+    assert rc == 0 and "90 images" in out and "30 queued" in out
+    assert todal("export", proj, "--format", "csv", tmp_path / "q.csv")[0] == 0
     rows = [line.split(",") for line in (tmp_path / "q.csv").read_text().splitlines()[1:]]
     (tmp_path / "a.csv").write_text("path,label\n" + "".join(f"{p},{CLASSES[truth[p]]}\n" for _, p, _, _ in rows))
-    r = todal("import", proj, tmp_path / "a.csv", "--format", "csv")
-    assert r.returncode == 0 and "imported 30 labels" in r.stdout
-    r = todal("step", proj, "--budget", "10", "--strategy", "entropy", "--quiet")
-    assert r.returncode == 0 and "step 1: trained on 24 labels" in r.stdout and "6 images" in r.stdout
-    st = json.loads(todal("status", proj, "--json").stdout)
+    rc, out, _ = todal("import", proj, tmp_path / "a.csv", "--format", "csv")
+    assert rc == 0 and "imported 30 labels" in out
+    rc, out, _ = todal("step", proj, "--budget", "10", "--strategy", "entropy", "--quiet")
+    assert rc == 0 and "step 1: trained on 24 labels" in out and "6 images" in out
+    rc, out, _ = todal("status", proj, "--json")
+    st = json.loads(out)
     assert st["labeled"] == 30 and st["steps"][1]["val_size"] == 6
-    r = todal("status", proj)
-    assert "holdout accuracy" in r.stdout and "queue: 10 waiting" in r.stdout
-    bad = todal("init", proj, "--images", tmp_path / "images", "--classes", "a,b")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "class list changed" in bad.stderr
-    bad = todal("step", tmp_path / "nothing")
-    assert bad.returncode == 2 and "is not a todal project" in bad.stderr
+    rc, out, _ = todal("status", proj)
+    assert "holdout accuracy" in out and "queue: 10 waiting" in out
+    rc, _, err = todal("init", proj, "--images", tmp_path / "images", "--classes", "a,b")
+    assert rc == 2 and err.count("\n") == 1 and "class list changed" in err
+    rc, _, err = todal("step", tmp_path / "nothing")
+    assert rc == 2 and "is not a todal project" in err
+
+
+def test_cli_error_exits_without_a_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "todal.cli", "status", str(tmp_path / "nothing")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is not a todal project" in r.stderr
 
 
 def test_cod_scores_the_pool_with_one_pass_from_the_second_step_on(tmp_path, monkeypatch):
