@@ -277,6 +277,9 @@ def test_cli_workflow(tmp_path, capsys):
     assert st["labeled"] == 30 and st["steps"][1]["val_size"] == 6
     rc, out, _ = todal("status", proj)
     assert "holdout accuracy" in out and "queue: 10 waiting" in out
+    rc, out, _ = todal("export", proj, "--format", "label-studio", tmp_path / "tasks.json", "--image-url", "data-uri")
+    assert rc == 0 and "wrote 10 queued samples" in out and (tmp_path / "tasks.label_config.xml").exists()
+    assert len(json.loads((tmp_path / "tasks.json").read_text())) == 10
     rc, _, err = todal("init", proj, "--images", tmp_path / "images", "--classes", "a,b")
     assert rc == 2 and err.count("\n") == 1 and "class list changed" in err
     rc, _, err = todal("step", tmp_path / "nothing")

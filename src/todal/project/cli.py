@@ -71,6 +71,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--image-url", default="local-files",
                    help="label-studio: local-files (Label Studio serves the images folder), data-uri (images "
                         "embedded), or a URL prefix")
+    p.add_argument("--document-root", default=None,
+                   help="label-studio local-files: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: "
+                        "the parent of the images folder)")
 
     p = sub.add_parser("import", help="labels from a file: csv (path,label), label-studio (its JSON export), masks")
     p.add_argument("project")
@@ -159,10 +162,16 @@ def cmd_export(args) -> None:
     from .core import Project
 
     project = Project(args.project)
-    opts = {"image_url": args.image_url} if args.format == "label-studio" else {}
+    opts = {}
+    if args.format == "label-studio":
+        opts = {"image_url": args.image_url, "document_root": args.document_root}
     n = project.export(args.format, args.out, **opts)
     what = "labeled images" if args.format == "imagefolder" else "queued samples"
     print(f"wrote {n} {what} to {args.out}")
+    if args.format == "label-studio":
+        from .labelstudio import config_path
+
+        print(f"labeling config: {config_path(args.out)} (paste it into the Label Studio project's Labeling Setup)")
 
 
 def cmd_import(args) -> None:
