@@ -105,8 +105,12 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--render", action="store_true", help="only rewrite OUT/README.md from OUT/results.json")
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
+    if args.render:
+        write_text(out / "README.md", render(json.loads((out / "results.json").read_text())))
+        return
     shutil.rmtree(work, ignore_errors=True)
     train, test = load_dataset("fashion-mnist")
     n = min(args.n, len(train))
@@ -188,7 +192,8 @@ def render(res: dict) -> str:
     lines = [
         "# A labeling session on Fashion-MNIST as PNG files",
         "",
-        f"Command: `{res['command']}` ({res['machine']}). Every number below is in `results.json`.",
+        f"Command: `{res['command']}` ({res['machine']}). Every number below is in `results.json`; "
+        "`--render` rewrites this page from it.",
         "",
         f"- {res['images']:,} Fashion-MNIST training images written as PNG files ({res['write_png_s']} s, not part of todal).",
         f"- `todal init`: {res['init']['seconds']} s, {res['init']['images_per_s']:,} images/s: each file read once, "
@@ -213,6 +218,16 @@ def render(res: dict) -> str:
                      f"{s['score_s']} | {s['queue_s']} | {s['wall_s']} | {100 * s['holdout_accuracy']:.1f}% "
                      f"[{100 * lo:.1f}, {100 * hi:.1f}] ({s['holdout_size']}) | {100 * s['test_accuracy']:.1f}%"
                      f"{'' if s['test_inside_interval'] else ' (outside)'} |")
+    lines += ["", "Scoring is COD: step 1 runs two models over the pool (the trained one and the untrained initial one); "
+              "from step 2 on the previous step's outputs are kept, so scoring is one inference pass."]
+    steps = [r["step"] for r in res["rounds"] if "step" in r]
+    inside = sum(st["test_inside_interval"] for st in steps)
+    gap = np.mean([100 * (st["holdout_accuracy"] - st["test_accuracy"]) for st in steps])
+    lines += ["", f"The holdout estimate against the real test set: the test accuracy lies inside the holdout's 95% "
+              f"interval at {inside} of {len(steps)} steps; the holdout reads {gap:+.1f} points above it on average. "
+              f"The holdout is one random draw ({steps[-1]['holdout_size']} images here, 20% of the random seed "
+              "batch), the same at every step, so its luck carries from step to step; a larger `--holdout` or "
+              "`--seed-batch` narrows the interval."]
     sc = res["scoring_images_per_s"]
     lines += ["", f"Scoring a folder pool: one inference pass over all {res['images']:,} images runs at "
               f"{sc['folder_cache']:,} images/s from the project's uint8 cache and {sc['in_memory']:,} images/s from "
