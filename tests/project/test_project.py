@@ -49,6 +49,18 @@ def test_init_indexes_nested_folders_into_a_disk_cache(tmp_path):
     assert len(project.store.queued()) == 10  # the random seed batch
 
 
+def test_init_writes_the_decoded_pool_to_disk_as_it_comes(tmp_path, monkeypatch):
+    from todal.project.images import ImageCache
+
+    writes = []
+    real = ImageCache.write
+    monkeypatch.setattr(core, "FLUSH_ROWS", 8)
+    monkeypatch.setattr(ImageCache, "write", lambda self, rows: (writes.append(len(rows)), real(self, rows))[1])
+    project, _, _ = make(tmp_path, n=50, seed_batch=5)
+    assert max(writes) <= 8 and sum(writes) == 50
+    assert project.cache.path.stat().st_size == 50 * 12 * 12
+
+
 def test_init_again_reports_new_moved_changed_missing_and_unreadable(tmp_path):
     project, _, truth = make(tmp_path, n=30, seed_batch=10)
     images = tmp_path / "images"

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -48,6 +49,7 @@ from ..train import TrainConfig, fit
 from .images import ImageCache, FolderImages, guess_mode, read_files, scan
 from .store import DB_NAME, Store
 
+FLUSH_ROWS = 4096  # decoded images held before they are written to the cache
 DEFAULT_TRAIN = {"epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "lr_drop_at": 0.8}
 
 
@@ -150,11 +152,12 @@ class Project:
                 "seed": int(seed), "seed_batch": seed_batch, "holdout": float(holdout),
                 "train": {**DEFAULT_TRAIN, **(train or {})}, "created": time.time()})
             project = cls(root)
-        report = project.index(progress=progress)
-        if labels is not None:
-            project.import_csv(labels, source="known")
-        if not project.store.steps():
-            project._seed_batch()
+        with project._lock("todal init"):
+            report = project.index(progress=progress)
+            if labels is not None:
+                project.import_csv(labels, source="known")
+            if not project.store.steps():
+                project._seed_batch()
         return project, report
 
     @property
@@ -175,6 +178,9 @@ class Project:
         gone = {known[p][0]: p for p in known if p not in present}
         new_rows, updates, pixels = [], [], {}
         size, mode = self.meta["size"], self.meta["mode"]
+        blank = np.zeros((1 if mode == "L" else 3, size, size), dtype=np.uint8)
+        start = self.store.num_samples()  # new files take the next ids, in folder order
+        cache = self.cache
         for d in read_files(self.images, on_disk, size, mode, progress=progress):
             status = "ok" if d.pixels is not None else "unreadable"
             if d.error is not None:
@@ -189,13 +195,19 @@ class Project:
                     report.unchanged += 1
                 if d.pixels is not None and (sha != d.sha256 or old_status != "ok"):
                     pixels[i] = d.pixels
-                continue
-            moved_from = next((i for i in by_sha.get(d.sha256, []) if i in gone), None)
-            if moved_from is not None:
-                report.moved.append((gone.pop(moved_from), d.path))
-                updates.append((moved_from, d.path, d.sha256, d.bytes, status))
-                continue
-            new_rows.append((d, status))
+            else:
+                moved_from = next((i for i in by_sha.get(d.sha256, []) if i in gone), None)
+                if moved_from is not None:
+                    report.moved.append((gone.pop(moved_from), d.path))
+                    updates.append((moved_from, d.path, d.sha256, d.bytes, status))
+                else:
+                    pixels[start + len(new_rows)] = d.pixels if d.pixels is not None else blank
+                    new_rows.append(((d.path, d.sha256, d.bytes), status))
+            if len(pixels) >= FLUSH_ROWS:  # the decoded pool goes to disk as it comes, never whole in RAM
+                cache.write(pixels)
+                pixels = {}
+        if pixels:
+            cache.write(pixels)
         for i, path in gone.items():
             if known[path][2] != "missing":
                 report.missing.append(path)
@@ -203,14 +215,11 @@ class Project:
         if updates:
             self.store.update_samples(updates)
         if new_rows:
-            ids = self.store.add_samples([(d.path, d.sha256, d.bytes) for d, _ in new_rows],
-                                         [s for _, s in new_rows])
-            report.added = [d.path for d, _ in new_rows]
-            c = 1 if mode == "L" else 3
-            for i, (d, _) in zip(ids, new_rows):
-                pixels[i] = d.pixels if d.pixels is not None else torch.zeros(c, size, size, dtype=torch.uint8).numpy()
-        if pixels:
-            self.cache.write(pixels)
+            ids = self.store.add_samples([r for r, _ in new_rows], [st for _, st in new_rows])
+            if ids[0] != start:
+                raise TodalError(f"{self.root} was indexed by another process at the same time; run `todal init` "
+                                 "again.")
+            report.added = [r[0] for r, _ in new_rows]
         if self.store.num_samples() == 0:
             raise TodalError(f"No images (.png, .jpg, .jpeg, .webp, .bmp) under {self.images}; point --images at "
                              "the folder that holds them (any depth).")
@@ -236,13 +245,15 @@ class Project:
 
     # --- the step -----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _lock(self):
+    def _lock(self, who: str = "todal step"):
+        """One `init` or `step` at a time on a project (the OS drops the lock if the process dies)."""
         path = self.root / "step.lock"
         with open(path, "w") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise TodalError(f"Another `todal step` is running on {self.root}; wait for it to finish.") from None
+                raise TodalError(f"Another `todal init` or `todal step` is running on {self.root}; wait for it to "
+                                 f"finish, then run {who} again.") from None
             yield
 
     def _dataset(self) -> FolderImages:
@@ -487,16 +498,16 @@ class Project:
         import matplotlib.pyplot as plt
 
         pts = [(r["metrics"]["labeled"], r["metrics"].get("val_accuracy"), r["metrics"].get("val_low"),
-                r["metrics"].get("val_high")) for r in self.store.steps()
+                r["metrics"].get("val_high"), r["metrics"]["val_size"]) for r in self.store.steps()
                if r["state"] == "done" and r["step"] > 0 and r["metrics"].get("val_accuracy") is not None]
         if not pts:
             return
-        x, acc, lo, hi = zip(*pts)
+        x, acc, lo, hi, n = zip(*pts)
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.fill_between(x, [100 * v for v in lo], [100 * v for v in hi], alpha=0.2, label="95% interval")
-        ax.plot(x, [100 * v for v in acc], marker="o", label="holdout accuracy")
-        ax.set_xlabel("labels")
-        ax.set_ylabel("accuracy on the held-out labels (%)")
+        ax.plot(x, [100 * v for v in acc], marker="o", label=f"accuracy on the {n[-1]} held-out labels")
+        ax.set_xlabel("labels (all, the held-out ones included)")
+        ax.set_ylabel("holdout accuracy (%)")
         ax.set_title(self.meta["name"])
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
