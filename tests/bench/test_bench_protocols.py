@@ -1,5 +1,7 @@
 """Protocols: overrides, their errors, the differences from the paper, the paper's refusal on a CPU."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,7 +16,8 @@ def test_paper_protocol_is_appendix_b():
     p = protocol("paper")
     assert (p.model, p.epochs, p.lr, p.momentum, p.weight_decay, p.batch_size, p.lr_drop_at, p.lr_drop) == \
         ("resnet18", 200, 0.1, 0.9, 5e-4, 128, 0.8, 0.1)
-    assert (p.initial, p.budget, p.cycles, p.trials, p.ema_decay, p.lam) == (0.1, 0.05, 7, 3, 0.999, 0.05)
+    assert (p.initial, p.budget, p.cycles, p.trials, p.ema_decay) == (0.1, 0.05, 7, 3, 0.999)
+    assert p.lam is None and p.for_dataset("cifar10").lam == 0.05  # the paper flavor's λ
     assert differences(p) == []
 
 
@@ -83,3 +86,21 @@ def test_paper_protocol_refuses_a_cpu_with_an_estimate(monkeypatch):
     assert "needs a GPU" in msg and "resnet18 at batch 128 takes 0.250 s" in msg and "--protocol cpu" in msg
     check_device(protocol("paper", ["requires_gpu=false"]), torch.device("cpu"), train, 1, 0)  # opted out
     check_device(protocol("cpu"), torch.device("cpu"), train, 1, 0)
+
+
+def test_the_official_flavors_lambda_is_kept_unless_lambda_is_set(monkeypatch):
+    """The bench used to pass the protocol's 0.05 over the official flavor's per-dataset λ (CIFAR-10: 0.02)."""
+    from tinydata import blobs, mlp
+    from todal.bench.runner import Method, make_loop
+    from todal.bench.suite import load_for
+    from todal.data import registry
+
+    data = blobs(300, 0, name="cifar10")
+    monkeypatch.setitem(registry._REGISTRY, "tiny-cifar10", lambda root=None, **kw: (data, blobs(20, 1, name="cifar10")))
+    for overrides, want in (([], 0.02), (["lam=0.05"], 0.05), (["flavor_overrides={\"lam\": 0.03}"], 0.03)):
+        p, train, test = load_for("smoke", "tiny-cifar10", ["flavor=official", *overrides])
+        assert p.lam == want
+        loop = make_loop(p, Method("cod", True), 0, train, test, Path("unused"))
+        assert loop.flavor.lam == want
+    p, _, _ = load_for("smoke", "tiny-cifar10")
+    assert p.lam == 0.05  # the paper flavor

@@ -45,7 +45,7 @@ def test_segmentation_paper_protocol_is_the_cityscapes_row_of_table_5():
     p = protocol("paper", task="segmentation")
     assert (p.task, p.model, p.epochs, p.batch_size, p.lr, p.optimizer, p.weight_decay, p.lr_drop_at) == \
         ("segmentation", "drn_d_22", 40, 4, 5e-4, "adam", 0.0, 1.0)
-    assert (p.initial, p.budget, p.cycles, p.trials, p.ema_decay, p.lam, p.requires_gpu) == \
+    assert (p.initial, p.budget, p.cycles, p.trials, p.ema_decay, p.for_dataset("cityscapes").lam, p.requires_gpu) == \
         (0.1, 0.05, 7, 3, 0.999, 0.05, True)
     assert p.strategy_options == {"qbc": {"scope": "all"}}
     assert set(p.strategies) | {"emaod"} >= {"random", "entropy", "cod", "emaod", "coreset", "mc_dropout", "qbc",

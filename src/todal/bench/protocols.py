@@ -60,7 +60,7 @@ class Protocol:
     cycles: int = 7
     trials: int = 3
     ema_decay: float = 0.999
-    lam: float = 0.05
+    lam: float | None = None  # None: the flavor's (paper 0.05; official per dataset)
     augment: bool = True
     flavor: str = "paper"
     strategies: tuple = ("random", "entropy", "coreset", "ll4al", "vaal", "cod")
@@ -84,6 +84,16 @@ class Protocol:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+    def for_dataset(self, dataset: str) -> Protocol:
+        """This protocol with λ resolved: an explicit `lam` stays; None takes the flavor's for `dataset`
+        (the official code's per-dataset λ), so the runs, the grid and the report all name the λ used."""
+        if self.lam is not None:
+            return self
+        from ..flavor import flavor_for
+
+        lam = self.flavor_overrides.get("lam", flavor_for(self.flavor, dataset).lam)
+        return dataclasses.replace(self, lam=float(lam))
 
 
 # Appendix B: ResNet-18, 200 epochs, SGD lr 0.1 / momentum 0.9 / wd 5e-4, batch 128, lr x0.1 at 80%
@@ -159,6 +169,10 @@ def _coerce(key: str, text: str, default):
         if not ok:
             raise param_error(key, owner, "an int >= 1 or a float in (0, 1]", value)
         return value
+    if key == "lam":
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+            return None if value is None else float(value)
+        raise param_error(key, owner, "a float > 0, or null for the flavor's", value)
     if key in ("analysis_pool", "eval_batch_size", "score_subset"):
         if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
             return value
@@ -224,7 +238,7 @@ def protocol(name: str, overrides: dict[str, str] | list[str] | None = None,
 def differences(p: Protocol, reference: Protocol | None = None) -> list[dict]:
     """Every value of `p` that differs from `reference` (default: the `paper` protocol of p's task), name excluded."""
     reference = reference or FAMILIES[p.task]["paper"]
-    a, b = p.to_dict(), reference.to_dict()
+    a, b = p.for_dataset("").to_dict(), reference.for_dataset("").to_dict()  # λ None: the flavor's
     return [{"key": k, "value": a[k], "paper": b[k]} for k in a if k != "name" and a[k] != b[k]]
 
 

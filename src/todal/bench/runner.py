@@ -89,9 +89,10 @@ def plan(p: Protocol, specs: list[str] | tuple | None = None) -> list[Method]:
     if p.fig9:
         add(Method("emaod"))
         add(Method("cod", True, cyclic=True))
+    own = p.for_dataset("").lam if p.lam is None else p.lam  # after load_for, λ is the dataset's already
     for lam in p.grid_lams:
         for alpha in p.grid_alphas:
-            if (float(lam), float(alpha)) != (p.lam, p.ema_decay):  # that cell is cod+semi itself
+            if (float(lam), float(alpha)) != (own, p.ema_decay):  # that cell is cod+semi itself
                 add(Method("cod", True, float(lam), float(alpha)))
     return out
 

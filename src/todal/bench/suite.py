@@ -138,7 +138,7 @@ def load_for(p: Protocol | str, dataset: str, overrides=None, data_root: str | N
         train, test = _load(dataset, data_root, kwargs)
     if not p.augment and hasattr(train, "augment"):
         train.augment = None
-    return p, train, test
+    return p.for_dataset(getattr(train, "name", "") or type(train).__name__), train, test
 
 
 def with_strategies(p: Protocol, strategies: list[str] | None) -> Protocol:
