@@ -12,7 +12,7 @@ from todal.errors import TodalError
 from todal.flavor import flavor_for
 
 DOCUMENTED = {"measure", "score_subset", "first_cycle_lowest", "first_reference", "consistency", "lam",
-              "ema_init", "ema_buffers", "teacher_train_mode", "score_augment"}
+              "consistency_reduction", "ema_init", "ema_buffers", "teacher_train_mode", "score_augment"}
 
 
 class TwoHead(nn.Module):
@@ -107,3 +107,36 @@ def test_overrides_change_single_choices(tmp_path):
 def test_score_augmentation_quirk_only_on_svhn_and_caltech():
     assert flavor_for("official", "svhn").score_augment and flavor_for("official", "caltech101").score_augment
     assert not flavor_for("official", "cifar10").score_augment and not flavor_for("paper", "svhn").score_augment
+
+
+def test_consistency_reduction_mean_weighs_eq7_c_times_less(tmp_path, monkeypatch):
+    """flavor_overrides={"consistency_reduction": "mean"} reaches the TOD loss of training."""
+    import todal.loop
+
+    seen = []
+    real = todal.loop.fit
+
+    def spy(*args, **kw):
+        seen.append(kw["consistency_reduction"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(todal.loop, "fit", spy)
+    _loop(tmp_path, "paper", model=TwoHead, flavor_overrides={"consistency_reduction": "mean"}).run()
+    assert seen and set(seen) == {"mean"}
+    with pytest.raises(TodalError, match="consistency_reduction"):
+        _loop(tmp_path / "bad", "paper", flavor_overrides={"consistency_reduction": "max"})
+
+
+def test_runs_recorded_before_consistency_reduction_resume(tmp_path):
+    """A config.json written before the choice existed (the committed benchmarks) still matches: they summed."""
+    import json
+
+    loop = _loop(tmp_path, "paper")
+    loop.run()
+    path = tmp_path / "paper" / "config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["flavor"]["consistency_reduction"]
+    path.write_text(json.dumps(cfg))
+    assert _loop(tmp_path, "paper").run() == loop.records()
+    with pytest.raises(TodalError, match="different configuration"):
+        _loop(tmp_path, "paper", flavor_overrides={"consistency_reduction": "mean"}).run()

@@ -11,6 +11,13 @@ def test_eq7_by_hand():
     assert tod_consistency(s, t).item() == pytest.approx((5.0 + 1.0) / 2)
 
 
+def test_eq7_mean_reduction_averages_over_the_outputs():
+    s = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    t = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    assert tod_consistency(s, t, "mean").item() == pytest.approx((5.0 / 2 + 1.0 / 2) / 2)
+    assert tod_consistency(s, t, "mean").item() == pytest.approx(torch.nn.functional.mse_loss(s, t).item())
+
+
 def test_eq7_gradient_flows_to_student_only():
     s = torch.tensor([[1.0, 2.0]], requires_grad=True)
     t = torch.tensor([[0.0, 0.0]], requires_grad=True)

@@ -17,6 +17,8 @@ OFFICIAL_LAMBDA = {"cifar10": 0.02, "cifar100": 0.05, "svhn": 0.005, "caltech101
 OFFICIAL_SUBSET = {"cifar10": 25000, "cifar100": 25000, "svhn": 29302, "caltech101": 4340}
 # Official code quirk: these datasets are scored with the training augmentation.
 OFFICIAL_SCORE_AUGMENT = ("svhn", "caltech101")
+# What runs recorded before a choice was added to the flavor did (their config.json lacks it).
+FLAVOR_BEFORE_CHOICES = {"consistency_reduction": "sum"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Flavor:
         against the teacher on labeled and unlabeled batches plus MSE between the two heads, or
         "cyclic" = Eq. 7 against the previous cycle's model instead of the EMA teacher (the CyclicOD
         loss of Fig. 10; the first cycle, with no previous model, trains on the task loss only).
+    consistency_reduction: Eq. 7 over the C outputs, "sum" (the squared norm, as printed) or "mean"
+        (the code's `F.mse_loss`, C times weaker at the same λ). Used by consistency "eq7" and "cyclic".
     lam: λ of Eq. 9.
     ema_init: "copy" of the student, or "independent" initialization (code).
     ema_buffers: average BatchNorm buffers too (paper), or parameters only (code).
@@ -45,6 +49,7 @@ class Flavor:
     first_cycle_lowest: bool
     first_reference: str
     consistency: str
+    consistency_reduction: str
     lam: float
     ema_init: str
     ema_buffers: bool
@@ -66,9 +71,11 @@ def flavor_for(name: str, dataset: str = "") -> Flavor:
     key = dataset.lower().replace("-", "").replace("_", "")
     if name == "paper":
         return Flavor(name="paper", measure="l2", score_subset=None, first_cycle_lowest=False,
-                      first_reference="initial", consistency="eq7", lam=0.05, ema_init="copy",
+                      first_reference="initial", consistency="eq7", consistency_reduction="sum", lam=0.05,
+                      ema_init="copy",
                       ema_buffers=True, teacher_train_mode=False, score_augment=False)
     return Flavor(name="official", measure="half_sq", score_subset=OFFICIAL_SUBSET.get(key, 25000),
                   first_cycle_lowest=True, first_reference="independent", consistency="official",
+                  consistency_reduction="mean",
                   lam=OFFICIAL_LAMBDA.get(key, 0.05), ema_init="independent", ema_buffers=False,
                   teacher_train_mode=True, score_augment=key in OFFICIAL_SCORE_AUGMENT)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .atomic import torch_save, write_json, write_jsonl
 from .ema import EMA
 from .errors import TodalError, check_choice, param_error
-from .flavor import Flavor, flavor_for
+from .flavor import FLAVOR_BEFORE_CHOICES, Flavor, flavor_for
 from .inference import chunks, fetch
 from .labeled import PoolLabels
 from .oracle import FileOracle, SimulatedOracle
@@ -186,6 +186,7 @@ class ActiveLoop:
                            **({"lam": float(lam)} if lam is not None else {}),
                            **({"score_subset": score_subset} if score_subset is not None else {})})
         check_choice("consistency", owner, fl.consistency, ("eq7", "official", "cyclic"))
+        check_choice("consistency_reduction", owner, fl.consistency_reduction, ("sum", "mean"))
         if fl.score_subset is not None and fl.score_subset < 1:
             raise param_error("score_subset", owner, "an int >= 1 or None (the whole pool)", fl.score_subset)
         self.flavor: Flavor = fl
@@ -291,6 +292,8 @@ class ActiveLoop:
         cfg = self.config.to_dict()
         if self._path("config.json").exists():
             saved = self._read_json("config.json")
+            if isinstance(saved.get("flavor"), dict):  # runs made before a flavor choice existed used its old value
+                saved["flavor"] = {**FLAVOR_BEFORE_CHOICES, **saved["flavor"]}
             diff = [k for k in cfg if saved.get(k) != cfg[k]]
             if diff:
                 k = diff[0]
@@ -354,6 +357,7 @@ class ActiveLoop:
             stats = fit(model, self.task, self.given(pool), pool.labeled, cfg=self.train_cfg,
                         generator=generator(seed, "train", c), unlabeled=pool.unlabeled if consistency else None,
                         ema=ema, consistency=consistency, teacher=teacher, lam=self.flavor.lam,
+                        consistency_reduction=self.flavor.consistency_reduction,
                         teacher_train_mode=self.flavor.teacher_train_mode,
                         objectives=self.strategy.objectives(), device=self.device,
                         progress=f"cycle {c} train" if self.progress else None)

@@ -14,13 +14,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def tod_consistency(student_out: Tensor, teacher_out: Tensor) -> Tensor:
+def tod_consistency(student_out: Tensor, teacher_out: Tensor, reduction: str = "sum") -> Tensor:
     """Eq. 7: mean over samples of ||f(x; w) - f(x; w~)||², the teacher held fixed.
 
-    `[N, C]` -> scalar. Dense outputs `[N, C, *S]`: squared norm over the class axis, mean over
-    samples and pixels (so λ keeps its meaning whatever the resolution).
+    `[N, C]` -> scalar. Dense outputs `[N, C, *S]`: over the class axis, then the mean over samples
+    and pixels (so λ keeps its meaning whatever the resolution).
+    reduction: "sum" over the C outputs (Eq. 7 as printed: the squared norm), or "mean" over them
+    (the authors' code, `F.mse_loss`: 1/C of the printed form, so the same λ weighs it C times less).
     """
-    return (student_out - teacher_out.detach()).pow(2).sum(dim=1).mean()
+    sq = (student_out - teacher_out.detach()).pow(2)
+    return (sq.sum(dim=1) if reduction == "sum" else sq.mean(dim=1)).mean()
 
 
 def official_consistency(student_heads: list[tuple[Tensor, Tensor]], teacher_outs: list[Tensor]) -> Tensor:

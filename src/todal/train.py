@@ -89,6 +89,7 @@ def fit(
     consistency: str | None = None,
     teacher: nn.Module | None = None,
     lam: float = 0.05,
+    consistency_reduction: str = "sum",
     teacher_train_mode: bool = False,
     objectives: Sequence[Objective] = (),
     transform: Transform | None = None,
@@ -105,6 +106,7 @@ def fit(
     consistency: None (task loss only; the EMA, if given, still follows the model), "eq7"
         (Eq. 7 on the unlabeled batch), or "official" (the authors' two-head MSE, needs
         `model.heads(x)`); both need `unlabeled` and a teacher.
+    consistency_reduction: Eq. 7 summed ("sum", as printed) or averaged ("mean", the code) over the outputs.
     teacher: a fixed consistency target (the previous cycle's model: the CyclicOD loss of Fig. 10);
         default `ema.model`, the EMA teacher. The EMA, if given, still follows the model.
     """
@@ -114,6 +116,7 @@ def fit(
         raise param_error("labeled", "fit", "a non-empty set of indices", "[]")
     if consistency is not None:
         check_choice("consistency", "fit", consistency, ("eq7", "official"))
+        check_choice("consistency_reduction", "fit", consistency_reduction, ("sum", "mean"))
         if (ema is None and teacher is None) or unlabeled is None or len(unlabeled) == 0:
             raise param_error("consistency", "fit", "used with a teacher (ema= or teacher=) and a non-empty "
                               "unlabeled set", consistency, "Pass ema= and unlabeled=, or consistency=None.")
@@ -179,7 +182,7 @@ def fit(
                         t_u = teacher(xu)
                         t_l = teacher(x) if consistency == "official" else None
                     if consistency == "eq7":
-                        loss = loss + lam * tod_consistency(model(xu), t_u)  # Eq. 9
+                        loss = loss + lam * tod_consistency(model(xu), t_u, consistency_reduction)  # Eq. 9
                     else:
                         u, u2 = model.heads(xu)
                         loss = loss + lam * official_consistency([(out, out2), (u, u2)], [t_l, t_u])
