@@ -1,0 +1,164 @@
+"""Which of the paper flavor's choices cost TOD its accuracy? One change at a time, toward the authors' code.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flavor_ablation.py                 # trials 0, 1, 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flavor_ablation.py --trials 0      # one
+    .venv/bin/python benchmarks/flavor_ablation.py --report                          # the report from finished runs
+
+Why (issue 14): on the `cpu` protocol (benchmarks/fashion-mnist-cpu) the `paper` flavor's cod + TOD loss
+ends 2 points below random, while an independent check with `--flavor official` and a port of the
+authors' training loop put it 0.5-1 point above. The flavors differ in several choices at once.
+
+What: the bench's `cod+semi` and `random+semi` (paper flavor) are the baselines, read from
+benchmarks/fashion-mnist-cpu/runs (they must be finished there). Each variant switches ONE flavor choice
+to the code's (`flavor_overrides`), same protocol and seeds (trial t = seed t: the same initial pool and
+initial model), and is paired with its baseline trial by trial. Choices that only change selection
+(the first cycle) are run for cod+semi only; the loss choices for both. One combined variant (the
+candidate default) switches the two choices the evidence points at. Several processes may share the
+work: each run is a resumable run directory under benchmarks/flavor-ablation/runs/, taken under a lock.
+
+Writes benchmarks/flavor-ablation/{results.json, README.md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from todal.atomic import write_json, write_text
+from todal.bench import analysis
+from todal.bench.runner import Method, is_done, make_loop
+from todal.bench.suite import device_name, git_commit, load_for
+
+HERE = Path(__file__).resolve().parent
+BENCH = HERE / "fashion-mnist-cpu"
+OUT = HERE / "flavor-ablation"
+
+# name -> (flavor overrides, arms it applies to). Each is one choice of the authors' code (todal/flavor.py).
+VARIANTS = {
+    "Eq. 7 averaged over classes": ({"consistency_reduction": "mean"}, ("cod+semi", "random+semi")),
+    "first cycle: lowest COD": ({"first_cycle_lowest": True}, ("cod+semi",)),
+    "first cycle: independent reference": ({"first_reference": "independent"}, ("cod+semi",)),
+    "teacher: independent init": ({"ema_init": "independent"}, ("cod+semi", "random+semi")),
+    "teacher: parameters only": ({"ema_buffers": False}, ("cod+semi", "random+semi")),
+    "teacher: train mode": ({"teacher_train_mode": True}, ("cod+semi", "random+semi")),
+    "two-head MSE loss (code)": ({"consistency": "official"}, ("cod+semi", "random+semi")),
+    "averaged + lowest first": ({"consistency_reduction": "mean", "first_cycle_lowest": True}, ("cod+semi",)),
+}
+ARMS = {"cod+semi": Method("cod", True), "random+semi": Method("random", True)}
+REFERENCE = {"random": Method("random"), "cod": Method("cod")}  # paper flavor, no TOD loss: the bench's runs
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")
+
+
+def run_one(p, arm: str, variant: str | None, trial: int, train, test, wait: bool):
+    """The records of one run (trained here if needed), or None when another process holds it."""
+    if variant is None:
+        loop = make_loop(p, {**ARMS, **REFERENCE}[arm], trial, train, test, BENCH)
+        if not is_done(loop.workdir):
+            sys.exit(f"{loop.workdir} is not a finished run; run the bench first: todal bench --protocol cpu "
+                     f"--dataset fashion-mnist --strategies all --out benchmarks/fashion-mnist-cpu")
+        return loop.run()
+    out = OUT / slug(variant)
+    loop = make_loop(p, ARMS[arm], trial, train, test, out, flavor_overrides=VARIANTS[variant][0])
+    if is_done(loop.workdir):
+        return loop.run()
+    lock = OUT / "locks" / f"{slug(variant)}-{arm}-{trial}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return None
+        print(f"== {variant} / {arm} / trial {trial}", flush=True)
+        return loop.run()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", default="0,1,2", help="comma-separated trials (seeds) of the bench to pair with")
+    ap.add_argument("--report", action="store_true", help="train nothing: the report from the finished runs")
+    args = ap.parse_args(argv)
+    trials = [int(t) for t in args.trials.split(",")]
+    p, train, test = load_for("cpu", "fashion-mnist")
+    todo = [(v, arm, t) for t in trials for v, (_, arms) in VARIANTS.items() for arm in arms]
+    runs: dict[str, dict[int, list[dict]]] = {}
+    for arm in [*ARMS, *REFERENCE]:
+        runs[arm] = {t: run_one(p, arm, None, t, train, test, False) for t in trials}
+    if not args.report:
+        skipped = [job for job in todo if run_one(p, job[1], job[0], job[2], train, test, False) is None]
+        for v, arm, t in skipped:  # held by another process: wait for it, so this one reports everything
+            run_one(p, arm, v, t, train, test, True)
+    for v, arm, t in todo:
+        loop = make_loop(p, ARMS[arm], t, train, test, OUT / slug(v), flavor_overrides=VARIANTS[v][0])
+        if is_done(loop.workdir):
+            runs.setdefault(f"{arm} | {v}", {})[t] = loop.run()
+    results = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flavor_ablation.py"
+                          + (f" --trials {args.trials}" if args.trials != "0,1,2" else ""),
+               "protocol": p.to_dict(), "trials": trials,
+               "variants": {v: {"flavor_overrides": o, "arms": list(a)} for v, (o, a) in VARIANTS.items()},
+               "environment": {"git_commit": git_commit(), "device": device_name(torch.device("cpu"))},
+               "rows": rows(runs), "runs": runs}
+    OUT.mkdir(parents=True, exist_ok=True)
+    write_json(OUT / "results.json", results)
+    write_text(OUT / "README.md", readme(results))
+    print(readme(results))
+    return results
+
+
+def rows(runs: dict) -> list[dict]:
+    """Per arm and variant: mean final accuracy and AUBC, and the paired difference to the arm's paper run."""
+    out = []
+    for arm in ARMS:
+        base = runs[arm]
+        for name in [arm] + [k for k in runs if k.startswith(f"{arm} | ")]:
+            trials = sorted(runs[name])
+            row = {"arm": arm, "variant": name.partition(" | ")[2] or "paper flavor", "n": len(trials),
+                   "final": statistics.fmean(analysis.run_metric(runs[name][t], "final") for t in trials),
+                   "aubc": statistics.fmean(analysis.run_metric(runs[name][t], "aubc") for t in trials)}
+            against = ([("paper", arm)] if name != arm else []) + [("random", "random")]
+            for label, other in against:
+                for metric in ("final", "aubc"):
+                    c = analysis.paired({name: runs[name], other: runs[other]}, name, other, metric)
+                    row[f"{metric}_vs_{label}"] = {"mean": c["mean"], "wins": c["wins"], "n": c["n"],
+                                                   "std": c["std"], "verdict": analysis.verdict(c)}
+            out.append(row)
+    for ref in REFERENCE:
+        trials = sorted(runs[ref])
+        out.append({"arm": ref, "variant": "paper flavor (no TOD loss)", "n": len(trials),
+                    "final": statistics.fmean(analysis.run_metric(runs[ref][t], "final") for t in trials),
+                    "aubc": statistics.fmean(analysis.run_metric(runs[ref][t], "aubc") for t in trials)})
+    return out
+
+
+def readme(r: dict) -> str:
+    lines = ["# The paper flavor's choices, one at a time (cpu protocol, Fashion-MNIST)\n",
+             f"Command: `{r['command']}` (commit {r['environment']['git_commit']}, {r['environment']['device']}). "
+             "Raw numbers: `results.json`; the runs: `runs/` under each variant's folder.\n",
+             "Baselines: the `paper`-flavor `cod+semi` and `random+semi` runs of "
+             "[`../fashion-mnist-cpu`](../fashion-mnist-cpu/report.md) (cod + TOD loss and random + TOD loss). Each "
+             "variant switches one flavor choice to the authors' code, same protocol and seeds; differences are "
+             "paired trial by trial (points of accuracy; a verdict needs every trial to agree in sign and the mean "
+             "to exceed the std of the differences).\n",
+             "| arm | variant | trials | final acc. (%) | AUBC (%) | final vs paper | AUBC vs paper | final vs random "
+             "| AUBC vs random |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        def cell(key):
+            c = row.get(key)
+            if c is None:
+                return ""
+            return f"{100 * c['mean']:+.2f} ({c['wins']}/{c['n']} ahead; {c['verdict']})"
+        lines.append(f"| {row['arm']} | {row['variant']} | {row['n']} | {100 * row['final']:.2f} | "
+                     f"{100 * row['aubc']:.2f} | {cell('final_vs_paper')} | {cell('aubc_vs_paper')} | "
+                     f"{cell('final_vs_random')} | {cell('aubc_vs_random')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or None)
