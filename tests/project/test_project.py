@@ -368,3 +368,61 @@ def test_people_keep_labeling_while_a_step_runs(tmp_path, monkeypatch):
     rows = project.store._con().execute("SELECT sample, COUNT(*) FROM labels GROUP BY sample HAVING COUNT(*) > 1")
     assert rows.fetchall() == []
     assert project.store.integrity() == "ok"
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import todal.project.core as core
+from todal.project.store import Store
+
+root, point = sys.argv[1], sys.argv[2]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def after(obj, name):
+    real = getattr(obj, name)
+    def wrapped(*a, **k):
+        out = real(*a, **k)
+        die()
+    setattr(obj, name, wrapped)
+
+def before(obj, name):
+    setattr(obj, name, lambda *a, **k: die())
+
+if point == "training":
+    after(core, "fit")                  # trained, nothing saved yet
+elif point == "checkpoint":
+    after(core, "torch_save")           # the checkpoint is on disk, the database does not know it
+elif point == "trained":
+    after(Store, "step_trained")        # the database knows the checkpoint
+elif point == "scoring":
+    after(core.Project, "_guesses")     # selected, nothing queued
+elif point == "queueing":
+    before(Store, "finish_step")        # the queue transaction never starts
+core.Project(root).step(budget=15, strategy="cod", semi=True)
+"""
+
+
+def test_a_step_killed_with_sigkill_anywhere_resumes_to_the_same_queue(tmp_path):
+    script = tmp_path / "step.py"
+    script.write_text(KILL_SCRIPT)
+    projects = {}
+    for name in ("ref", "killed"):
+        project, _, truth = make(tmp_path / name)
+        answer_queue(project, truth)
+        projects[name] = project
+
+    def step(name, point="none"):
+        return subprocess.run([sys.executable, str(script), str(projects[name].root), point], timeout=300,
+                              capture_output=True, text=True)
+
+    assert step("ref").returncode == 0
+    for point in ("training", "checkpoint", "trained", "scoring", "queueing"):
+        r = step("killed", point)
+        assert r.returncode == -9, (point, r.stderr[-500:])
+    assert step("killed").returncode == 0
+    ref, killed = projects["ref"].store, projects["killed"].store
+    assert [(i.sample, i.rank, i.score) for i in killed.queued()] == [(i.sample, i.rank, i.score) for i in ref.queued()]
+    assert [s["state"] for s in killed.steps()] == ["done", "done"] and killed.integrity() == "ok"
+    assert killed.steps()[1]["metrics"]["val_accuracy"] == ref.steps()[1]["metrics"]["val_accuracy"]
