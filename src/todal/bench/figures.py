@@ -98,3 +98,76 @@ def grid_heatmap(lams: list[float], alphas: list[float], values: list[list[float
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
+
+
+TOD_COLOURS = {"cod": "tab:blue", "cod+semi": "tab:orange", "emaod": "tab:red", "cod+cyclic": "tab:purple",
+               "random+semi": "tab:green"}  # the same colour for a method in every report
+
+
+def _is_tod(method: str) -> bool:
+    """TOD's own methods: COD/EMAOD sampling, and anything trained with a TOD loss (+semi, +cyclic)."""
+    name, _, suffix = method.partition("+")
+    return name in ("cod", "emaod") or suffix.startswith(("semi", "cyclic"))
+
+
+def _per_trial_aubc(summary: dict, key: str) -> dict:
+    """{seed: AUBC of that trial's curve} from a `todal.results.summarize` summary."""
+    from ..results import aubc
+
+    x = [c["labeled_fraction"] for c in summary["cycles"]]
+    return {seed: aubc(x, [c[key][i] for c in summary["cycles"]]) for i, seed in enumerate(summary["seeds"])}
+
+
+def headline(summaries: dict[str, dict], path: str | os.PathLike, *, key: str = "accuracy", name: str = "accuracy",
+             title: str = "", baseline: str = "random") -> None:
+    """Fig. 7 / Fig. 8 at a glance. Left: mean curves, TOD's methods in colour, the other baselines in grey,
+    `baseline` in black. Right: each method's AUBC minus the baseline's, paired by trial, mean and the std
+    of the per-trial differences, sorted; a dot right of zero beats the baseline."""
+    fig = Figure(figsize=(13.5, 5.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.5, 1]})
+    spare = iter(["tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"])
+    tod_colour = {m: TOD_COLOURS.get(m) or next(spare, "tab:gray") for m in summaries if _is_tod(m)}
+    grey_done = False
+    for m, s in summaries.items():
+        x = [100 * c["labeled_fraction"] for c in s["cycles"]]
+        y = [100 * c[f"{key}_mean"] for c in s["cycles"]]
+        if m == baseline:
+            ax.plot(x, y, color="black", lw=2, ls="--", marker="o", ms=3, label=f"{m} (baseline)", zorder=4)
+        elif m in tod_colour:
+            ax.plot(x, y, color=tod_colour[m], lw=2, marker="o", ms=3, label=m, zorder=3)
+        else:
+            ax.plot(x, y, color="0.72", lw=1, zorder=1, label=None if grey_done else "other baselines")
+            grey_done = True
+    ax.set_xlabel("labeled (% of the training set)")
+    ax.set_ylabel(f"test {name} (%), mean over trials")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+
+    if baseline in summaries:
+        base = _per_trial_aubc(summaries[baseline], key)
+        rows = []
+        for m, s in summaries.items():
+            if m == baseline:
+                continue
+            mine = _per_trial_aubc(s, key)
+            diffs = [100 * (mine[t] - base[t]) for t in mine if t in base]
+            if diffs:
+                mean = sum(diffs) / len(diffs)
+                sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5 if len(diffs) > 1 else 0.0
+                rows.append((mean, sd, m, len(diffs)))
+        rows.sort()
+        for i, (mean, sd, m, n) in enumerate(rows):
+            colour = tod_colour.get(m, "0.55")
+            ax2.errorbar(mean, i, xerr=sd, fmt="o", color=colour, ms=6 if m in tod_colour else 4, capsize=3)
+        ax2.set_yticks(range(len(rows)), [f"{m} (n={n})" for _, _, m, n in rows], fontsize=8)
+        for tick, (_, _, m, _) in zip(ax2.get_yticklabels(), rows):
+            tick.set_color(tod_colour.get(m, "0.35"))
+            tick.set_fontweight("bold" if m in tod_colour else "normal")
+        ax2.axvline(0, color="black", ls="--", lw=1)
+        ax2.set_xlabel(f"AUBC minus {baseline}'s (points of {name}; paired by trial, mean ± std)")
+        ax2.set_title(f"against {baseline}")
+        ax2.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path)

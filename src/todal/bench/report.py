@@ -109,8 +109,8 @@ def write_report(out: Path, r: dict) -> None:
 
     # Fig. 7 (segmentation: Fig. 8) and AUBC.
     fig = "fig8_miou" if seg else "fig7_learning_curves"
-    learning_curve({k: s[k] for k in main}, out / f"{fig}.png", metric=key,
-                   ylabel=f"test {name} (%)", title=f"{r['dataset']}, {p['name']} protocol (mean ± std over trials)")
+    figures.headline({k: s[k] for k in main}, out / f"{fig}.png", key=key, name=name,
+                     title=f"{r['dataset']}, {p['name']} protocol")
     lines += ["## Fig. 8: mIoU vs % labeled\n" if seg else "## Fig. 7: learning curves\n",
               f"Test {name} (%) per cycle, mean ± std over trials. Ours-Semi = `cod+semi`, Ours-Task = `cod`. "
               "The AUBC row is the area under the mean curve"
