@@ -7,9 +7,10 @@ from .errors import TodalError
 from .loop import ActiveLoop
 from .objectives import tod_consistency
 from .pool import Pool
+from .select import select
 from .train import TrainConfig, fit
 
 __version__ = "0.1.0"
 
 __all__ = ["ActiveLoop", "EMA", "Pool", "TodalError", "TrainConfig", "fit", "output_discrepancy",
-           "strategies", "tod_consistency", "__version__"]
+           "select", "strategies", "tod_consistency", "__version__"]
