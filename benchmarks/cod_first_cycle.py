@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     trials = [int(t) for t in args.trials.split(",")]
     commit = git_commit()  # of the code this process runs
-    p, train, test = load_for("cpu", "fashion-mnist")
+    p, train, test = load_for("cpu", "fashion-mnist", ["flavor=paper"])  # the committed bench's flavor
     runs: dict[str, dict[int, list[dict]]] = {"random": {}, "cod": {}, VARIANT: {}}
     for t in trials:
         for name in ("random", "cod"):
             loop = make_loop(p, Method(name), t, train, test, BENCH)
             if not is_done(loop.workdir):
-                sys.exit(f"{loop.workdir} is not a finished run; run the bench first: todal bench --protocol cpu "
+                sys.exit(f"{loop.workdir} is not a finished run; run the bench first: todal bench --protocol cpu --set flavor=paper "
                          f"--dataset fashion-mnist --strategies all --out {BENCH.relative_to(HERE.parent)}")
             runs[name][t] = loop.run()
         print(f"== {VARIANT}, trial {t}", flush=True)

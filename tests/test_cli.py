@@ -111,6 +111,11 @@ def test_bench_paper_protocol_on_cpu_is_refused_with_an_estimate(tmp_path, capsy
 
 def test_first_cycle_reaches_the_flavor(tmp_path):
     work = tmp_path / "r"
-    assert main(["run", "--workdir", str(work), "--baseline", "none", "--first-cycle", "lowest", *FAST]) == 0
+    assert main(["run", "--workdir", str(work), "--baseline", "none", "--first-cycle", "highest", *FAST]) == 0
     flavor = json.loads((work / "config.json").read_text())["flavor"]
+    assert flavor["name"] == "default" and flavor["first_cycle_lowest"] is False  # the default's pick, overridden
+    paper = tmp_path / "p"
+    assert main(["run", "--workdir", str(paper), "--baseline", "none", "--flavor", "paper", "--first-cycle", "lowest",
+                 *FAST]) == 0
+    flavor = json.loads((paper / "config.json").read_text())["flavor"]
     assert flavor["name"] == "paper" and flavor["first_cycle_lowest"] is True

@@ -1,4 +1,4 @@
-"""flavor="paper" vs "official": the switch changes exactly the documented behaviours."""
+"""flavor="paper" vs "official" (and the "default" between them): the switch changes exactly the documented behaviours."""
 
 import dataclasses
 
@@ -49,6 +49,21 @@ def test_paper_values_do_not_depend_on_the_dataset():
     assert flavor_for("paper", "svhn") == flavor_for("paper", "cifar10")
     f = flavor_for("paper")
     assert (f.lam, f.score_subset, f.measure, f.consistency) == (0.05, None, "l2", "eq7")
+
+
+def test_default_is_the_paper_with_the_codes_eq7_scale_and_first_cycle_pick():
+    default, paper = flavor_for("default", "svhn"), flavor_for("paper", "svhn")
+    differ = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(default, f.name)}
+    assert differ == {"name", "consistency_reduction", "first_cycle_lowest"}
+    assert (default.consistency_reduction, default.first_cycle_lowest) == ("mean", True)
+    assert ActiveLoop(TwoHead, blobs(40, 0), blobs(10, 1), initial=10, budget=5, cycles=1).flavor == flavor_for("default")
+
+
+def test_a_teacher_without_its_batchnorm_statistics_must_run_in_train_mode():
+    with pytest.raises(TodalError, match=r"ema_buffers=False needs teacher_train_mode=True"):
+        flavor_for("paper").replace(ema_buffers=False)
+    assert not flavor_for("paper").replace(ema_buffers=False, teacher_train_mode=True).ema_buffers
+    assert not flavor_for("official").ema_buffers  # the code's pair is allowed
 
 
 def _loop(tmp_path, flavor, model=TwoHead, **kw):

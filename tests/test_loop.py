@@ -125,7 +125,7 @@ def test_plan_larger_than_the_pool_is_refused():
     ({"initial": -0.1}, "'initial' parameter"),
     ({"cycles": 0}, "'cycles' parameter of ActiveLoop must be an int >= 1"),
     ({"strategy": "nope"}, "Unknown strategy 'nope'"),
-    ({"flavor": "fast"}, "'flavor' parameter of ActiveLoop must be one of paper, official"),
+    ({"flavor": "fast"}, "'flavor' parameter of ActiveLoop must be one of default, paper, official"),
 ])
 def test_bad_loop_arguments(kw, message):
     with pytest.raises(TodalError, match=message):

@@ -52,8 +52,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="default: per dataset (sgd)")
     p.add_argument("--task", choices=["classification", "segmentation"], default=None,
                    help="default: the dataset's own (segmentation for fashion-mnist-scenes and cityscapes)")
-    p.add_argument("--flavor", choices=["paper", "official"], default="paper",
-                   help="the paper's equations or the authors' code where they differ")
+    p.add_argument("--flavor", choices=["default", "paper", "official"], default="default",
+                   help="default (the paper with the code's Eq. 7 scale and first-cycle pick, see todal/flavor.py), "
+                        "paper (its equations as printed) or official (the authors' code)")
     p.add_argument("--first-cycle", choices=["highest", "lowest"], default=None,
                    help="COD/EMAOD's first selection, against the untrained initial model: the highest "
                         "discrepancy (paper, the flavor's default) or the lowest (official; see "

@@ -134,7 +134,7 @@ class ActiveLoop:
         cycles: training cycles (the last one is not followed by a selection).
         epochs: per cycle; other training settings via `train=TrainConfig(...)` or a dict.
         workdir: the run directory (None: a temporary one, nothing kept).
-        flavor: "paper" or "official" (see `todal.flavor`); `flavor_overrides` changes single choices.
+        flavor: "default", "paper" or "official" (see `todal.flavor`); `flavor_overrides` changes single choices.
         reinit: re-initialize the model at every cycle instead of continuing from the last one.
         lam, ema_decay: λ of Eq. 9 (None: the flavor's) and α of Eq. 6.
         score_subset: score only this many random unlabeled samples (None: the flavor's).
@@ -150,7 +150,7 @@ class ActiveLoop:
     def __init__(self, model_fn: str | Callable[[], nn.Module], train_set, test_set, *,
                  strategy: str | Strategy = "cod", semi_supervised: bool = True, initial=0.1,
                  budget=0.05, cycles: int = 7, epochs: int | None = None, workdir=None, seed: int = 0,
-                 task: str | None = None, flavor: str = "paper", flavor_overrides: dict | None = None,
+                 task: str | None = None, flavor: str = "default", flavor_overrides: dict | None = None,
                  train: TrainConfig | dict | None = None, reinit: bool = False, lam: float | None = None,
                  ema_decay: float = 0.999, score_subset: int | None = None, strategy_options: dict | None = None,
                  model_options: dict | None = None, oracle=None, device: str | torch.device | None = None,

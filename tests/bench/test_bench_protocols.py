@@ -49,7 +49,7 @@ def test_differences_list_every_changed_value():
     ("initial=1.5", "must be an int >= 1 or a float in (0, 1]. Got 1.5."),
     ("augment=1", "must be true or false. Got 1."),
     ("ema_decay=1", "'ema_decay' parameter of bench protocol (--set) must be a float in [0, 1)"),
-    ("flavor=mine", "must be one of paper, official. Got 'mine'."),
+    ("flavor=mine", "must be one of default, paper, official. Got 'mine'."),
     ("epochs", "Protocol override 'epochs' is not KEY=VALUE"),
 ])
 def test_bad_overrides_name_the_fix(pair, text):

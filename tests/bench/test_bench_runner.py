@@ -154,8 +154,10 @@ def test_make_loop_carries_the_scored_subset_and_the_cyclic_loss(tmp_path):
     both = make_loop(p, Method("cod", True, cyclic=True), 0, train, test, tmp_path,
                      flavor_overrides={"first_cycle_lowest": True})
     assert both.flavor.consistency == "cyclic" and both.flavor.first_cycle_lowest
-    assert not cyc.flavor.first_cycle_lowest
-    low = protocol("smoke", TINY + ['flavor_overrides={"first_cycle_lowest": true}'])
+    assert cyc.flavor.name == "default" and cyc.flavor.first_cycle_lowest  # the default flavor's pick
+    paper = protocol("smoke", TINY + ["flavor=paper"])
+    assert not make_loop(paper, Method("cod"), 0, train, test, tmp_path).flavor.first_cycle_lowest
+    low = protocol("smoke", TINY + ["flavor=paper", 'flavor_overrides={"first_cycle_lowest": true}'])
     assert make_loop(low, Method("cod"), 0, train, test, tmp_path).flavor.first_cycle_lowest
     with pytest.raises(TodalError, match=r"unknown flavor_overrides \['lowest'\]; valid: measure, "):
         make_loop(protocol("smoke", TINY + ['flavor_overrides={"lowest": true}']), Method("cod"), 0, train, test,

@@ -63,8 +63,15 @@ def test_pure_scores_by_hand():
 
 def test_cod_in_logit_space_picks_the_largest_output_change():
     # model: x, previous: 0.5·x  ->  COD = 0.5·||x||: rows 0 (5.0) and 3 (4.12) move most
-    ctx = ctx_for(nn.Identity(), previous=lambda: Scale(0.5))
+    ctx = ctx_for(nn.Identity(), previous=lambda: Scale(0.5), flavor=flavor_for("paper"))
     assert strategies.get("cod", space="logits").select(ctx, 2).tolist() == [0, 3]
+
+
+def test_cod_default_first_cycle_picks_the_lowest_then_the_highest():
+    ctx = ctx_for(nn.Identity(), previous=lambda: Scale(0.5), cycle=0)  # Context's flavor: "default"
+    assert strategies.get("cod", space="logits").select(ctx, 1).tolist() == [1]
+    later = ctx_for(nn.Identity(), previous=lambda: Scale(0.5), cycle=1)
+    assert strategies.get("cod", space="logits").select(later, 1).tolist() == [0]
 
 
 def test_cod_official_first_cycle_picks_the_lowest():

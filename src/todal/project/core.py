@@ -50,6 +50,7 @@ from .images import ImageCache, FolderImages, guess_mode, read_files, scan
 from .store import DB_NAME, Store
 
 FLUSH_ROWS = 4096  # decoded images held before they are written to the cache
+FLAVOR = flavor_for("default")  # λ, Eq. 7's scale and COD's first pick: todal.flavor says why
 DEFAULT_TRAIN = {"epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "lr_drop_at": 0.8}
 
 
@@ -375,7 +376,8 @@ class Project:
             with seeded(seed, "project-train", s):
                 stats = fit(model, task, given, train_ids, cfg=train_cfg, generator=generator(seed, "project-train", s),
                             unlabeled=unlabeled if semi else None, ema=ema, consistency="eq7" if semi else None,
-                            lam=flavor_for("paper").lam, objectives=strat.objectives(), device=dev,
+                            lam=FLAVOR.lam, consistency_reduction=FLAVOR.consistency_reduction,
+                            objectives=strat.objectives(), device=dev,
                             progress=f"step {s} train" if progress else None)
             torch_save(self._checkpoint(s), {"model": model.state_dict(), "ema": ema.state_dict() if ema else None,
                                              "strategy": strat.state_dict()})
@@ -415,7 +417,7 @@ class Project:
             labels = LabelMaps(given, train_ids) if dense else y[train_ids]
             ctx = Context(model=model, task=task, dataset=data, labeled=train_ids, unlabeled=candidates,
                           labels=labels, generator=generator(seed, "project-select", s), cycle=s - 1, device=dev,
-                          batch_size=256, ema_model=ema.model if ema else None, flavor=flavor_for("paper"),
+                          batch_size=256, ema_model=ema.model if ema else None, flavor=FLAVOR,
                           previous=prev_model, workdir=self.root, progress=progress)
             with seeded(seed, "project-select", s):
                 chosen = strat.select(ctx, min(budget, len(candidates)))

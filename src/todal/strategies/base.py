@@ -94,7 +94,7 @@ class Context:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 256
     ema_model: nn.Module | None = None
-    flavor: Flavor = field(default_factory=lambda: flavor_for("paper"))
+    flavor: Flavor = field(default_factory=lambda: flavor_for("default"))
     candidates: Tensor | None = None
     transform: Transform | None = None
     augment: Transform | None = None
