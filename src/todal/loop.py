@@ -368,7 +368,8 @@ class ActiveLoop:
             for old in (f"cycle_{c - 2}.pt", f"strategy_{c - 2}.pt"):  # COD needs one cycle back, no more
                 self._ckpt(old).unlink(missing_ok=True)
         self._advance(prog, "evaluate", train_loss=stats["loss"], train_steps=stats["steps"],
-                      train_time_s=round(stats["time_s"], 4))
+                      train_time_s=round(stats["time_s"], 4),
+                      train_epoch_losses=[round(v, 5) for v in stats["epoch_losses"]])
 
     def _evaluate(self, pool: Pool, prog: dict) -> None:
         c = prog["cycle"]

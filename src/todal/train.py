@@ -96,7 +96,8 @@ def fit(
     device: torch.device | str | None = None,
     progress: str | None = None,
 ) -> dict:
-    """Train `model` on `labeled` for `cfg.epochs` epochs; returns `{"loss", "steps", "time_s"}`.
+    """Train `model` on `labeled` for `cfg.epochs` epochs; returns `{"loss", "steps", "time_s", "epoch_losses"}`
+    (`loss`: the last epoch's mean; `epoch_losses`: every epoch's, to see whether training has plateaued).
 
     transform: the training augmentation of the inputs (default: `train_transform(dataset)`). When
         it is not given and the dataset has `train_pair_transform(x, y, generator)` (segmentation
@@ -156,7 +157,7 @@ def fit(
     if teacher is not None:
         teacher.to(device)
 
-    t0, steps, epoch_loss = time.perf_counter(), 0, float("nan")
+    t0, steps, epoch_loss, epoch_losses = time.perf_counter(), 0, float("nan"), []
     bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")
     try:
         for epoch in bar:
@@ -195,11 +196,12 @@ def fit(
                 steps += 1
             sched.step()
             epoch_loss = float(total) / steps_per_epoch
+            epoch_losses.append(epoch_loss)
             bar.set_postfix(loss=f"{epoch_loss:.3f}")
     finally:
         for obj in objectives:
             obj.detach()
-    return {"loss": epoch_loss, "steps": steps, "time_s": time.perf_counter() - t0}
+    return {"loss": epoch_loss, "steps": steps, "time_s": time.perf_counter() - t0, "epoch_losses": epoch_losses}
 
 
 @torch.no_grad()

@@ -59,7 +59,7 @@ def test_bad_overrides_name_the_fix(pair, text):
 
 
 def test_unknown_protocol_lists_the_valid_ones():
-    with pytest.raises(TodalError, match="one of paper, cpu, smoke"):
+    with pytest.raises(TodalError, match="one of paper, cpu, converged, smoke"):
         protocol("fast")
 
 
@@ -104,3 +104,11 @@ def test_the_official_flavors_lambda_is_kept_unless_lambda_is_set(monkeypatch):
         assert loop.flavor.lam == want
     p, _, _ = load_for("smoke", "tiny-cifar10")
     assert p.lam == 0.05  # the paper flavor
+
+
+def test_pool_size_override_and_the_converged_protocol():
+    assert protocol("cpu", ["pool_size=500"]).pool_size == 500 and protocol("cpu").pool_size is None
+    with pytest.raises(TodalError, match="pool_size"):
+        protocol("cpu", ["pool_size=0"])
+    c = protocol("converged")
+    assert (c.pool_size, c.epochs, c.flavor, c.requires_gpu) == (6000, 40, "default", False)

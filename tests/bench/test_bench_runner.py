@@ -162,3 +162,55 @@ def test_make_loop_carries_the_scored_subset_and_the_cyclic_loss(tmp_path):
     with pytest.raises(TodalError, match=r"unknown flavor_overrides \['lowest'\]; valid: measure, "):
         make_loop(protocol("smoke", TINY + ['flavor_overrides={"lowest": true}']), Method("cod"), 0, train, test,
                   tmp_path)
+
+
+def test_a_method_can_run_under_its_own_flavor_with_that_flavors_lambda(tmp_path):
+    p = protocol("smoke", TINY)
+    m = plan(p, ["cod+semi@paper", "cod+semi@official"])
+    assert [x.label for x in m[:2]] == ["cod+semi@paper", "cod+semi@official"]
+    assert "cod+semi" in [x.label for x in m]  # the protocol's own flavor's run stays
+    with pytest.raises(TodalError, match=r"names flavor 'mine'; use one of default, paper, official"):
+        plan(p, ["cod+semi@mine"])
+    train, test = load_dataset("digits")
+    train.name = "cifar10"  # the official λ is per dataset: 0.02 on CIFAR-10
+    p = p.for_dataset("cifar10")  # the protocol's (default) flavor's λ: 0.05
+    official = make_loop(p, m[1], 0, train, test, tmp_path)
+    assert (official.flavor.name, official.flavor.lam) == ("official", 0.02)
+    assert make_loop(p, Method("cod", True, lam=0.3, flavor="official"), 0, train, test, tmp_path).flavor.lam == 0.3
+    plain = make_loop(p, Method("cod", True), 0, train, test, tmp_path)
+    assert (plain.flavor.name, plain.flavor.lam) == ("default", 0.05)
+    assert make_loop(p, m[0], 0, train, test, tmp_path).workdir.name == "cod+semi@paper-trial0"
+
+
+def test_pool_size_gives_each_trial_its_own_pool_shared_by_every_method(tmp_path):
+    p = protocol("smoke", TINY + ["pool_size=300"])
+    train, test = load_dataset("digits")
+    a = make_loop(p, Method("random"), 0, train, test, tmp_path).train_set
+    b = make_loop(p, Method("cod", True), 0, train, test, tmp_path).train_set
+    c = make_loop(p, Method("random"), 1, train, test, tmp_path).train_set
+    assert len(a) == 300 and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)  # same pool for every method
+    assert not torch.equal(a.x, c.x)  # another trial, another pool
+    rows = (train.x.reshape(len(train), -1)[:, None] == a.x.reshape(300, -1)[None]).all(-1).any(0)
+    assert bool(rows.all())  # drawn from the training set
+    assert len(make_loop(protocol("smoke", TINY), Method("random"), 0, train, test, tmp_path).train_set) == len(train)
+
+    class NoSubset(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1000
+
+    with pytest.raises(TodalError, match=r"pool_size=300 needs a dataset with \.subset\(idx\)"):
+        make_loop(p, Method("random"), 0, NoSubset(), test, tmp_path)
+
+
+def test_converged_protocol_keeps_the_papers_proportions():
+    p = protocol("converged")
+    assert (p.initial, p.budget, p.cycles, p.trials, p.lr_drop_at, p.score_subset) == (0.1, 0.05, 7, 3, 0.8, None)
+    n = p.pool_size
+    sizes = [round(p.initial * n) + c * round(p.budget * n) for c in range(p.cycles)]
+    steps = [p.epochs * -(-s // p.batch_size) for s in sizes]
+    horizon = 1 / (1 - p.ema_decay)
+    assert 0.08 < horizon / (sum(steps) / len(steps)) < 0.2  # the EMA spans about an eighth of a cycle
+    labels = [m.label for m in plan(p)]
+    for need in ("random", "entropy", "margin", "badge", "coreset", "qbc", "cod", "emaod", "cod+semi",
+                 "cod+semi@paper", "cod+semi@official", "random+semi"):
+        assert need in labels

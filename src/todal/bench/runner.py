@@ -22,6 +22,7 @@ import torch
 
 from .. import strategies
 from ..errors import TodalError
+from ..flavor import FLAVORS
 from ..loop import ActiveLoop
 from .protocols import Protocol
 
@@ -33,10 +34,12 @@ ANALYZED = ("cod+semi", "cod", "ll4al")
 
 @dataclass(frozen=True)
 class Method:
-    """One bench method: a strategy, with or without the TOD loss, and optionally its own λ and α.
+    """One bench method: a strategy, with or without the TOD loss, and optionally its own λ, α and flavor.
 
     cyclic: the unsupervised loss is against the previous cycle's model (CyclicOD loss, Fig. 10) instead
         of the EMA teacher; implies `semi`.
+    flavor: run under this flavor instead of the protocol's (spec `cod+semi@paper`), with that flavor's own
+        λ for the dataset unless the method sets one; None: the protocol's.
     """
 
     strategy: str
@@ -44,13 +47,16 @@ class Method:
     lam: float | None = None
     ema_decay: float | None = None
     cyclic: bool = False
+    flavor: str | None = None
 
     @property
     def label(self) -> str:
         text = f"{self.strategy}+cyclic" if self.cyclic else f"{self.strategy}+semi" if self.semi else self.strategy
-        if self.lam is not None or self.ema_decay is not None:
-            text += f" λ={self.lam:g} α={self.ema_decay:g}"
-        return text
+        if self.lam is not None:
+            text += f" λ={self.lam:g}"
+        if self.ema_decay is not None:
+            text += f" α={self.ema_decay:g}"
+        return text + (f"@{self.flavor}" if self.flavor else "")
 
     @property
     def slug(self) -> str:
@@ -59,13 +65,17 @@ class Method:
 
 
 def parse_method(spec: str) -> Method:
-    """'cod', 'cod+semi' (EMAOD loss) or 'cod+cyclic' (CyclicOD loss) -> Method; unknown strategies list
-    the valid ones."""
-    name, _, suffix = spec.strip().partition("+")
+    """'cod', 'cod+semi' (EMAOD loss) or 'cod+cyclic' (CyclicOD loss), each optionally '@FLAVOR'
+    ('cod+semi@paper') -> Method; unknown strategies and flavors list the valid ones."""
+    body, at, flavor = spec.strip().partition("@")
+    name, _, suffix = body.partition("+")
     if suffix not in ("", "semi", "cyclic"):
         raise TodalError(f"Strategy spec {spec!r} is not NAME, NAME+semi or NAME+cyclic; write e.g. cod+semi.")
+    if at and flavor not in FLAVORS:
+        raise TodalError(f"Strategy spec {spec!r} names flavor {flavor!r}; use one of {', '.join(FLAVORS)}, "
+                         f"e.g. cod+semi@paper.")
     strategies.get(name)
-    return Method(name, suffix in ("semi", "cyclic"), cyclic=suffix == "cyclic")
+    return Method(name, suffix in ("semi", "cyclic"), cyclic=suffix == "cyclic", flavor=flavor or None)
 
 
 def expand(specs) -> list[str]:
@@ -105,19 +115,34 @@ def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out:
               device: str | torch.device | None = None, progress: bool = False,
               flavor_overrides: dict | None = None) -> ActiveLoop:
     """The ActiveLoop of one (method, trial); the trial number is the seed (same initial pool).
-    `flavor_overrides` change single flavor fields (a diagnostic's variant of a method)."""
-    return ActiveLoop(p.model, train_set, test_set, strategy=method.strategy, semi_supervised=method.semi,
+    `flavor_overrides` change single flavor fields (a diagnostic's variant of a method). With a `pool_size`,
+    the trial's pool is its own seeded random subset of `train_set` (the same for every method)."""
+    own_flavor = method.flavor is not None and method.flavor != p.flavor
+    return ActiveLoop(p.model, trial_pool(p, train_set, trial), test_set, strategy=method.strategy,
+                      semi_supervised=method.semi,
                       strategy_options=dict(p.strategy_options.get(method.strategy, {})),
-                      initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial, flavor=p.flavor,
+                      initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial,
+                      flavor=method.flavor or p.flavor,
                       flavor_overrides={**p.flavor_overrides, **({"consistency": "cyclic"} if method.cyclic else {}),
                                         **(flavor_overrides or {})} or None,
                       score_subset=p.score_subset,
                       train=p.train_config(), model_options=dict(p.model_options),
-                      lam=p.lam if method.lam is None else method.lam,
+                      lam=method.lam if method.lam is not None or own_flavor else p.lam,
                       ema_decay=p.ema_decay if method.ema_decay is None else method.ema_decay,
                       task=p.task, eval_batch_size=p.eval_batch_size,
                       workdir=run_dir(out, method, trial), device=device, progress=progress,
                       keep_checkpoints=method.label in ANALYZED)
+
+
+def trial_pool(p: Protocol, train_set, trial: int):
+    """`train_set`, or with `p.pool_size` the trial's seeded random subset of that many samples."""
+    if p.pool_size is None or p.pool_size >= len(train_set):
+        return train_set
+    if not hasattr(train_set, "subset"):
+        raise TodalError(f"pool_size={p.pool_size} needs a dataset with .subset(idx) (an ArrayDataset); "
+                         f"{type(train_set).__name__} has none: drop pool_size or load the data as arrays.")
+    g = torch.Generator().manual_seed(10_000 + trial)
+    return train_set.subset(torch.randperm(len(train_set), generator=g)[: p.pool_size].sort().values)
 
 
 def is_done(path: Path) -> bool:

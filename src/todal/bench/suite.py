@@ -187,7 +187,7 @@ def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=Non
     loss = loss_analyses(p, methods, train, test, out, dev)
     times = analysis.selection_times({k: runs[k] for k in labels if k not in grid})
     cod = next(m for m in methods if m.label == "cod")
-    n_pool = int(sum(len(train) - r["labeled"] for r in runs["cod"][0][:-1]) / max(1, len(runs["cod"][0]) - 1))
+    n_pool = int(sum(min(len(train), p.pool_size or len(train)) - r["labeled"] for r in runs["cod"][0][:-1]) / max(1, len(runs["cod"][0]) - 1))
     if p.score_subset is not None:  # the selections scored this many: the pass to compare with covers as many
         n_pool = min(n_pool, p.score_subset)
     inference_s = analysis.inference_pass_seconds(make_loop(p, cod, 0, train, test, out, dev), n_pool)
