@@ -34,7 +34,6 @@ from todal.data import load_dataset
 from todal.ema import EMA
 from todal.inference import predict
 from todal.plots import learning_curve
-from todal.pool import Pool
 from todal.results import compare_table, summarize
 from todal.strategies import Context
 from todal.tasks import Classification
@@ -75,10 +74,9 @@ def timings(train, test, work: Path, device: str = "cpu") -> dict:
     run = work / "cod+semi-seed0"
     loop = make_loop(train, test, "cod", True, 0, work, device)
     sync = torch.cuda.synchronize if loop.device.type == "cuda" else (lambda: None)
-    pool = Pool.load(run / "pool.json")
+    pool = loop.pool()
     last = PROTOCOL["cycles"] - 1
-    model, _ = loop._restore(torch.load(run / "checkpoints" / f"cycle_{last}.pt", map_location="cpu", weights_only=False))
-    previous, _ = loop._restore(torch.load(run / "checkpoints" / f"cycle_{last - 1}.pt", map_location="cpu", weights_only=False))
+    model, previous = loop.model(last), loop.model(last - 1)
     unl = pool.unlabeled
 
     def inference_pass():
@@ -109,7 +107,7 @@ def timings(train, test, work: Path, device: str = "cpu") -> dict:
     cfg = TrainConfig(epochs=1, **{k: v for k, v in PROTOCOL["train"].items() if k != "epochs"})
 
     def epoch(semi: bool):
-        m, _ = loop._restore(torch.load(run / "checkpoints" / f"cycle_{last}.pt", map_location="cpu", weights_only=False))
+        m = loop.model(last)
         ema = EMA(m)
         t0 = time.perf_counter()
         fit(m, Classification(10), train, labeled, cfg=cfg, generator=torch.Generator().manual_seed(0),

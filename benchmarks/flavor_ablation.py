@@ -53,6 +53,8 @@ VARIANTS = {
 }
 ARMS = {"cod+semi": Method("cod", True), "random+semi": Method("random", True)}
 REFERENCE = {"random": Method("random"), "cod": Method("cod")}  # paper flavor, no TOD loss: the bench's runs
+# the bench's best selections (no TOD choice touches them), against which the default is also paired
+BEST = ("margin", "qbc", "mc_dropout", "badge", "entropy")
 
 
 def slug(text: str) -> str:
@@ -62,7 +64,7 @@ def slug(text: str) -> str:
 def run_one(p, arm: str, variant: str | None, trial: int, train, test, wait: bool):
     """The records of one run (trained here if needed), or None when another process holds it."""
     if variant is None:
-        loop = make_loop(p, {**ARMS, **REFERENCE}[arm], trial, train, test, BENCH)
+        loop = make_loop(p, {**ARMS, **REFERENCE, **{b: Method(b) for b in BEST}}[arm], trial, train, test, BENCH)
         if not is_done(loop.workdir):
             sys.exit(f"{loop.workdir} is not a finished run; run the bench first: todal bench --protocol cpu --set flavor=paper "
                      f"--dataset fashion-mnist --strategies all --out benchmarks/fashion-mnist-cpu")
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     p, train, test = load_for("cpu", "fashion-mnist", ["flavor=paper"])  # the committed bench's flavor
     todo = [(v, arm, t) for t in trials for v, (_, arms) in VARIANTS.items() for arm in arms]
     runs: dict[str, dict[int, list[dict]]] = {}
-    for arm in [*ARMS, *REFERENCE]:
+    for arm in [*ARMS, *REFERENCE, *BEST]:
         runs[arm] = {t: run_one(p, arm, None, t, train, test, False) for t in trials}
     if not args.report:
         skipped = [job for job in todo if run_one(p, job[1], job[0], job[2], train, test, False) is None]
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
                "protocol": p.to_dict(), "trials": trials,
                "variants": {v: {"flavor_overrides": o, "arms": list(a)} for v, (o, a) in VARIANTS.items()},
                "environment": {"git_commit": git_commit(), "device": device_name(torch.device("cpu"))},
-               "rows": rows(runs), "runs": runs}
+               "rows": rows(runs), "against_best": against_best(runs), "runs": runs}
     OUT.mkdir(parents=True, exist_ok=True)
     write_json(OUT / "results.json", results)
     write_text(OUT / "README.md", readme(results))
@@ -144,6 +146,21 @@ def rows(runs: dict) -> list[dict]:
     return out
 
 
+def against_best(runs: dict) -> list[dict]:
+    """The candidate default (cod + TOD loss, averaged + lowest first) paired with the bench's best selections."""
+    name = "cod+semi | averaged + lowest first"
+    if name not in runs:
+        return []
+    out = []
+    for other in ("random", *BEST):
+        row = {"against": other}
+        for metric in ("final", "aubc"):
+            c = analysis.paired({name: runs[name], other: runs[other]}, name, other, metric)
+            row[metric] = {"mean": c["mean"], "wins": c["wins"], "n": c["n"], "std": c["std"], "verdict": analysis.verdict(c)}
+        out.append(row)
+    return out
+
+
 def readme(r: dict) -> str:
     lines = ["# The paper flavor's choices, one at a time (cpu protocol, Fashion-MNIST)\n",
              f"Command: `{r['command']}` (commit {r['environment']['git_commit']}, {r['environment']['device']}). "
@@ -166,7 +183,16 @@ def readme(r: dict) -> str:
                      f"{cell('final_vs_random')} | {cell('aubc_vs_random')} |")
     lines += ["", "Cells: paired mean difference in points (trials ahead / trials, and the verdict: `better` or "
               "`worse` only when every trial agrees in sign and the mean exceeds the std of the differences).", ""]
-    return "\n".join(lines + reading(r["rows"])) + "\n"
+    lines += reading(r["rows"])
+    if r.get("against_best"):
+        lines += ["", "## The default against the bench's best selections", "",
+                  "cod + TOD loss with both code choices (`flavor=\"default\"`), paired trial by trial with the "
+                  "other selections of the same bench (points; trials ahead / trials):", "",
+                  "| against | final | AUBC |", "|---|---|---|"]
+        for row in r["against_best"]:
+            cell = lambda c: f"{100 * c['mean']:+.2f} ({c['wins']}/{c['n']}, {word(c)})"  # noqa: E731
+            lines.append(f"| {row['against']} | {cell(row['final'])} | {cell(row['aubc'])} |")
+    return "\n".join(lines) + "\n"
 
 
 def word(c: dict) -> str:

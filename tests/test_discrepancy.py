@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from tinydata import TinyData
-from todal import output_discrepancy
+from todal import output_discrepancy, strategies
+from todal.strategies import Context
 from todal.discrepancy import discrepancy, to_space
 from todal.errors import TodalError
 from todal.tasks import Classification
@@ -45,7 +46,7 @@ def _linear(weight) -> nn.Module:
 def test_output_discrepancy_of_identity_vs_zero_is_input_norm():
     x = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
     ds = TinyData(x, torch.zeros(3), 2)
-    d = output_discrepancy(_linear([[1, 0], [0, 1]]), _linear([[0, 0], [0, 0]]), ds)
+    d = output_discrepancy(_linear([[1, 0], [0, 1]]), _linear([[0, 0], [0, 0]]), ds, space="logits")
     assert torch.allclose(d, torch.tensor([5.0, 1.0, 2.0]))
 
 
@@ -71,3 +72,25 @@ def test_unknown_space_is_rejected():
     m = _linear([[1, 2], [3, 4]])
     with pytest.raises(TodalError, match="'space' parameter of output_discrepancy must be one of logits, probs"):
         output_discrepancy(m, m, ds, space="prob")
+
+
+def test_output_discrepancy_and_the_cod_strategy_share_one_default_space():
+    # rows 0 and 1 have the largest logit change but (nearly) none in probabilities; row 2 the reverse
+    x = torch.tensor([[40.0, 0.0], [0.0, 40.0], [0.5, -0.5], [0.1, 0.0]])
+    ds = TinyData(x, torch.zeros(4), 2)
+    a, b = _linear([[1, 0], [0, 1]]), _linear([[2, 0], [0, 2]])
+    d = output_discrepancy(a, b, ds)  # default space
+    assert torch.allclose(d, output_discrepancy(a, b, ds, space="probs")) and int(d.argmax()) == 2
+    assert int(output_discrepancy(a, b, ds, space="logits").argmax()) in (0, 1)
+    ctx = Context(model=a, task=Classification(2), dataset=ds, labeled=torch.empty(0, dtype=torch.long),
+                  unlabeled=torch.arange(4), labels=torch.empty(0, dtype=torch.long),
+                  generator=torch.Generator().manual_seed(0), previous=lambda: b, cycle=1)
+    assert strategies.get("cod").select(ctx, 1).tolist() == [int(d.argmax())]
+
+
+def test_probs_space_refuses_single_output_models():
+    ds = TinyData(torch.randn(4, 2), torch.zeros(4), 2)
+    m = nn.Linear(2, 1)
+    with pytest.raises(TodalError, match=r"space='probs' needs class scores on dim 1.*pass space='logits'"):
+        output_discrepancy(m, m, ds)
+    assert torch.all(output_discrepancy(m, m, ds, space="logits") == 0)

@@ -192,9 +192,45 @@ def test_keep_checkpoints_keeps_every_cycle(tmp_path):
 
 def test_restored_teacher_is_on_the_model_device(tmp_path):
     loop = make(tmp_path, strategy="emaod", semi=False)
-    loop._start()
-    model, ema = loop._restore(loop._load("init.pt"))
-    assert next(ema.model.parameters()).device == next(model.parameters()).device == loop.device
+    loop.run()
+    model, teacher = loop.model(), loop.teacher()
+    assert next(teacher.parameters()).device == next(model.parameters()).device == loop.device
+
+
+def test_a_run_gives_its_pool_models_teacher_and_strategy_state(tmp_path):
+    loop = make(tmp_path / "r", strategy="ll4al", semi=True, keep_checkpoints=True)
+    with pytest.raises(TodalError, match=r"holds no run yet; call run\(\) first"):
+        loop.model()
+    recs = loop.run()
+    pool = loop.pool()
+    assert len(pool) == recs[-1]["labeled"] == 40 and pool.labeled.tolist() == sorted(pool.labeled.tolist())
+    x = blobs(60, 1).x
+    for c in range(3):  # each cycle's model evaluates to that cycle's recorded accuracy
+        acc = float((loop.model(c)(x).argmax(1) == blobs(60, 1).y).float().mean())
+        assert acc == pytest.approx(recs[c]["accuracy"])
+    assert not loop.model(2).training and loop.teacher(2) is not None
+    assert not torch.equal(loop.model(2)(x), loop.teacher(2)(x))  # the EMA lags the student
+    assert torch.equal(loop.reference(2)(x), loop.model(1)(x))
+    init = torch.load(tmp_path / "r" / "checkpoints" / "init.pt", weights_only=False)["model"]
+    assert all(torch.equal(v, init[k]) for k, v in loop.reference(0).state_dict().items())
+    def tensors(state):  # every tensor of a nested state dict, in order
+        if isinstance(state, torch.Tensor):
+            return [state.clone()]
+        items = state.values() if isinstance(state, dict) else state if isinstance(state, (list, tuple)) else []
+        return [t for v in items for t in tensors(v)]
+
+    before = tensors(loop.strategy.state_dict())
+    s0, s2 = loop.strategy_at(0), loop.strategy_at(2)
+    assert s0 is not loop.strategy and len(tensors(s0.state_dict())) > 0  # LL4AL's loss module
+    after = tensors(loop.strategy.state_dict())
+    assert len(after) == len(before) and all(torch.equal(u, v) for u, v in zip(before, after))  # untouched
+    assert any(not torch.equal(u, v) for u, v in zip(tensors(s0.state_dict()), tensors(s2.state_dict())))
+    with pytest.raises(TodalError, match=r"'cycle' parameter of ActiveLoop must be a trained cycle, 0..2"):
+        loop.model(3)
+    short = make(tmp_path / "s")
+    short.run()
+    with pytest.raises(TodalError, match=r"Cycle 0's checkpoint is gone.*keep_checkpoints=True"):
+        short.model(0)
 
 
 @pytest.mark.gpu
@@ -277,3 +313,25 @@ def test_file_oracle_takes_class_names_and_writes_paths(tmp_path):
     (tmp_path / "labels.csv").write_text("1,bird\n")
     with pytest.raises(TodalError, match=r"line 1 is '1,bird'.*a class name \(cat, dog\) or index"):
         oracle.label(torch.tensor([1]))
+
+
+@pytest.mark.parametrize("strategy, semi", [("cod", True), ("entropy", False)])
+def test_a_finished_run_given_more_cycles_continues_as_if_never_stopped(tmp_path, strategy, semi):
+    ref = strip(make(tmp_path / "ref", strategy, semi).run())  # 3 cycles in one go
+    short = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategy, semi_supervised=semi, initial=20,
+                       budget=10, cycles=2, epochs=3, train={"batch_size": 8, "lr": 0.05}, workdir=tmp_path / "x")
+    assert len(short.run()) == 2
+    longer = make(tmp_path / "x", strategy, semi)  # the same run, cycles 2 -> 3
+    assert strip(longer.run()) == ref
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["cycles"] == 3
+    with pytest.raises(TodalError, match=r"has reached cycle 3 of 3; it cannot be cut to 2 cycles: pass cycles >= 3"):
+        short.run()
+
+
+def test_a_one_cycle_run_extends_with_a_budget(tmp_path):
+    one = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=1, epochs=2,
+                     train={"batch_size": 8}, workdir=tmp_path)
+    assert [r["labeled"] for r in one.run()] == [20]  # budget unused (recorded as 0) with one cycle
+    more = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=3, epochs=2,
+                      train={"batch_size": 8}, workdir=tmp_path)
+    assert [r["labeled"] for r in more.run()] == [20, 30, 40]

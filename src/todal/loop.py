@@ -18,6 +18,7 @@ Run directory:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import tempfile
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -120,6 +122,10 @@ class LoopConfig:
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+
+# configuration values a finished or running run may change: they only shape the cycles still to come
+EXTENDABLE = ("cycles", "budget")
 
 
 class ActiveLoop:
@@ -251,6 +257,68 @@ class ActiveLoop:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    # --- what a run keeps (public) -------------------------------------------------------------
+    def pool(self) -> Pool:
+        """The labeled pool as it stands: which samples are labeled, in which cycle, with which labels."""
+        if not self._path("pool.json").exists():
+            raise TodalError(f"{self.workdir} holds no run yet; call run() first.")
+        return Pool.load(self._path("pool.json"))
+
+    def model(self, cycle: int | None = None) -> nn.Module:
+        """The model as cycle `cycle` left it after training (default: the last trained cycle), in eval mode
+        on the loop's device; a new module each call."""
+        return self._saved(cycle)[0]
+
+    def teacher(self, cycle: int | None = None) -> nn.Module | None:
+        """The EMA teacher after cycle `cycle`'s training (default: the last trained), or None without one."""
+        ema = self._saved(cycle)[1]
+        return ema.model.eval() if ema is not None else None
+
+    def reference(self, cycle: int) -> nn.Module:
+        """What COD compared cycle `cycle`'s model with: the previous cycle's model, or in cycle 0 the
+        initial weights (an independently initialized network under `first_reference="independent"`)."""
+        if cycle > 0:
+            return self.model(cycle - 1)
+        init = self._load("init.pt")
+        state = init["reference"] if init.get("reference") is not None else init["model"]
+        return self._model_with(state).to(self.device).eval()
+
+    def strategy_at(self, cycle: int | None = None) -> Strategy:
+        """A copy of the strategy holding the state it had after cycle `cycle`'s training (LL4AL's loss
+        module, COD's kept outputs); the loop's own strategy is not touched."""
+        state = self._checkpoint(self._trained(cycle))
+        strategy = copy.deepcopy(self.strategy)
+        strategy.load_state_dict(state.get("strategy") or {})
+        return strategy
+
+    def _trained(self, cycle: int | None) -> int:
+        if not self._path("progress.json").exists():
+            raise TodalError(f"{self.workdir} holds no run yet; call run() first.")
+        prog = self._read_json("progress.json")
+        last = prog["cycle"] - (prog["stage"] == "train")
+        if last < 0:
+            raise TodalError(f"No cycle of {self.workdir} has been trained yet; call run() first.")
+        if cycle is None:
+            return last
+        if isinstance(cycle, bool) or not isinstance(cycle, (int, np.integer)) or not 0 <= cycle <= last:
+            raise param_error("cycle", "ActiveLoop", f"a trained cycle, 0..{last}", cycle)
+        return int(cycle)
+
+    def _checkpoint(self, cycle: int) -> dict:
+        if not self._ckpt(f"cycle_{cycle}.pt").exists():
+            raise TodalError(f"Cycle {cycle}'s checkpoint is gone: a run keeps only its last two cycles; build the "
+                             "loop with keep_checkpoints=True to keep every cycle.")
+        return self._load(f"cycle_{cycle}.pt")
+
+    def _saved(self, cycle: int | None) -> tuple[nn.Module, EMA | None]:
+        state = self._checkpoint(self._trained(cycle))
+        model = self._model_with(state["model"]).to(self.device).eval()
+        ema = self._ema(model)
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+            ema.model.to(self.device)
+        return model, ema
+
     # --- models -------------------------------------------------------------------------------
     def _new_model(self, *keys) -> nn.Module:
         second = self.config.semi_supervised and self.flavor.consistency == "official"
@@ -294,12 +362,14 @@ class ActiveLoop:
             saved = self._read_json("config.json")
             if isinstance(saved.get("flavor"), dict):  # runs made before a flavor choice existed used its old value
                 saved["flavor"] = {**FLAVOR_BEFORE_CHOICES, **saved["flavor"]}
-            diff = [k for k in cfg if saved.get(k) != cfg[k]]
+            diff = [k for k in cfg if saved.get(k) != cfg[k] and k not in EXTENDABLE]
             if diff:
                 k = diff[0]
                 raise TodalError(f"{self.workdir} holds a run with a different configuration ({k}: "
                                  f"{saved.get(k)!r} there, {cfg[k]!r} now); use another work directory "
                                  "or delete this one to start over.")
+            if any(saved.get(k) != cfg[k] for k in EXTENDABLE):
+                self._extend(saved)
         if self._path("progress.json").exists():
             return Pool.load(self._path("pool.json"))
         # A fresh run: initial random set, initial model (and teacher, and COD's reference).
@@ -322,12 +392,27 @@ class ActiveLoop:
         write_json(self._path("progress.json"), {"cycle": 0, "stage": "train", "pending": {}})
         return pool
 
+    def _extend(self, saved: dict) -> None:
+        """More cycles (or another budget for the selections still to come) on an existing run: what already
+        happened stays; a run cannot be cut below the cycle it has reached."""
+        reached = self._read_json("progress.json")["cycle"] if self._path("progress.json").exists() else 0
+        if self.config.cycles <= reached:
+            raise TodalError(f"{self.workdir} has reached cycle {reached + 1} of {saved.get('cycles')}; it cannot be "
+                             f"cut to {self.config.cycles} cycles: pass cycles >= {reached + 1}, or use another "
+                             "work directory.")
+        write_json(self._path("config.json"), {**saved, **{k: self.config.to_dict()[k] for k in EXTENDABLE}})
+
     def run(self) -> list[dict]:
-        """Run (or resume) every cycle; returns one dict of metrics per cycle."""
+        """Run (or resume) every cycle; returns one dict of metrics per cycle. A finished run given more
+        `cycles` continues from its last cycle's selection."""
         pool = self._start()
         while True:
             prog = self._read_json("progress.json")
             stage = prog["stage"]
+            if stage == "done" and prog["cycle"] < self.config.cycles - 1:
+                last = next(r for r in self.records() if r["cycle"] == prog["cycle"])
+                write_json(self._path("progress.json"), {"cycle": prog["cycle"], "stage": "select", "pending": last})
+                continue
             if stage == "done":
                 return self.records()
             if stage == "reveal" and not self._reveal(pool, prog):

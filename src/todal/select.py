@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .discrepancy import model_device
 from .errors import TodalError, param_error
 from .flavor import flavor_for
 from .inference import fetch
@@ -45,11 +46,6 @@ def as_indices(value, name: str, size: int, owner: str = "select") -> Tensor:
     if len(t.unique()) != len(t):
         raise param_error(name, owner, "distinct indices", "a repeated index", "Pass each sample once.")
     return t
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def select(strategy: str | Strategy, model: nn.Module, dataset, k: int, *, labeled, unlabeled=None,
@@ -99,7 +95,7 @@ def select(strategy: str | Strategy, model: nn.Module, dataset, k: int, *, label
                          "model before this round of training>.")
     if strat.needs_ema and teacher is None:
         raise TodalError(f"Strategy {strat.name!r} needs the EMA teacher: pass teacher=<todal.EMA(...).model>.")
-    dev = torch.device(device) if device is not None else _device_of(model)
+    dev = torch.device(device) if device is not None else model_device(model)
     task_name = task or (getattr(dataset, "task", None) if isinstance(getattr(dataset, "task", None), str) else None) \
         or "classification"
     if num_classes is None:

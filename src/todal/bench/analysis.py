@@ -133,14 +133,10 @@ def cycle_estimates(loop: ActiveLoop, cycle: int, idx: Tensor) -> dict[str, Tens
     EMAOD reduce over pixels as the task does (sum by default), entropy is the pixel mean. The pass
     runs a batch at a time and keeps only the per-sample numbers, so dense outputs never pile up.
     """
-    state = loop._load(f"cycle_{cycle}.pt")
-    model, ema = loop._restore(state)
-    prev_state = loop._load(f"cycle_{cycle - 1}.pt") if cycle > 0 else loop._load("init.pt")
-    prev, _ = loop._restore(prev_state if cycle > 0 or prev_state.get("reference") is None
-                            else {**prev_state, "model": prev_state["reference"]})
+    model, teacher, prev = loop.model(cycle), loop.teacher(cycle), loop.reference(cycle)
     measure, task = loop.flavor.measure, loop.task
     parts: dict[str, list[Tensor]] = {"loss": [], "cod": [], "entropy": []}
-    if ema is not None:
+    if teacher is not None:
         parts["emaod"] = []
     for chunk in idx.split(loop.config.eval_batch_size):
         y = fetch(loop.train_set, chunk)[1]
@@ -150,20 +146,20 @@ def cycle_estimates(loop: ActiveLoop, cycle: int, idx: Tensor) -> dict[str, Tens
         parts["cod"].append(discrepancy(probs, to_space(_outputs(prev, loop.train_set, chunk, loop), "probs"),
                                         measure=measure, task=task))
         parts["entropy"].append(entropy_score(probs))
-        if ema is not None:
-            teacher = to_space(_outputs(ema.model, loop.train_set, chunk, loop), "probs")
-            parts["emaod"].append(discrepancy(probs, teacher, measure=measure, task=task))
+        if teacher is not None:
+            t = to_space(_outputs(teacher, loop.train_set, chunk, loop), "probs")
+            parts["emaod"].append(discrepancy(probs, t, measure=measure, task=task))
     return {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
 
 
 def predicted_loss(loop: ActiveLoop, pool: Pool, cycle: int, idx: Tensor) -> dict[str, Tensor]:
     """LL4AL (a run of strategy 'll4al'): its module's predicted loss and its own model's true loss on `idx`."""
-    model, _ = loop._restore(loop._load(f"cycle_{cycle}.pt"))  # loads the loss module into loop.strategy
+    model, strategy = loop.model(cycle), loop.strategy_at(cycle)  # the loss module as that cycle left it
     ctx = Context(model=model, task=loop.task, dataset=loop.train_set, labeled=pool.labeled, unlabeled=idx,
                   labels=pool.labels[pool.labeled], generator=torch.Generator().manual_seed(0), cycle=cycle,
                   device=loop.device, batch_size=loop.config.eval_batch_size)
     y = fetch(loop.train_set, idx)[1]
-    return {"ll4al": loop.strategy.predicted_loss(ctx, idx),
+    return {"ll4al": strategy.predicted_loss(ctx, idx),
             "loss": loop.task.per_sample_loss(_outputs(model, loop.train_set, idx, loop), y)}
 
 
@@ -221,8 +217,9 @@ def cached(path: Path, key: dict, compute) -> dict:
 
 # --- Table 3 and Fig. 11 -------------------------------------------------------------------------------
 def inference_pass_seconds(loop: ActiveLoop, n: int, repeats: int = 3) -> float:
-    """Best-of-`repeats` seconds of one plain inference pass of the protocol's model over n samples."""
-    model, _ = loop._restore(loop._load("init.pt"))
+    """Best-of-`repeats` seconds of one plain inference pass of the protocol's model over n samples (a freshly
+    built one: the time does not depend on the weights, and a fresh clone has no checkpoints)."""
+    model = loop._new_model("timing")
     idx = torch.arange(min(n, len(loop.train_set)))
     sync = torch.cuda.synchronize if loop.device.type == "cuda" else (lambda: None)
     best = float("inf")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..discrepancy import MEASURES, SPACES, discrepancy, to_space
+from ..discrepancy import DEFAULT_SPACE, MEASURES, SPACES, discrepancy, to_space
 from ..errors import TodalError, check_choice
 from ..inference import eval_mode
 from . import register
@@ -16,7 +16,7 @@ class _OutputDiscrepancy(ScoreStrategy):
     """Discrepancy between `ctx.model` and a reference model, in `space` with `measure`
     (None: the flavor's: ||·|| for the paper, 0.5·||·||² for the official code)."""
 
-    def __init__(self, space: str = "probs", measure: str | None = None):
+    def __init__(self, space: str = DEFAULT_SPACE, measure: str | None = None):
         super().__init__()
         self.space = check_choice("space", f"strategy {self.name!r}", space, SPACES)
         self.measure = None if measure is None else check_choice("measure", f"strategy {self.name!r}",
@@ -55,7 +55,7 @@ class COD(_OutputDiscrepancy):
     reference = "Huang et al., Semi-Supervised Active Learning with Temporal Output Discrepancy, ICCV 2021"
     needs_previous = True
 
-    def __init__(self, space: str = "probs", measure: str | None = None, cache: bool = True):
+    def __init__(self, space: str = DEFAULT_SPACE, measure: str | None = None, cache: bool = True):
         super().__init__(space, measure)
         self.cache = bool(cache)
         # {cycle: {"indices": (n,), "outputs": (n, C)}} in self.space, for the last two cycles, so
