@@ -335,3 +335,90 @@ def test_a_one_cycle_run_extends_with_a_budget(tmp_path):
     more = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=3, epochs=2,
                       train={"batch_size": 8}, workdir=tmp_path)
     assert [r["labeled"] for r in more.run()] == [20, 30, 40]
+
+
+def test_options_that_would_be_ignored_are_refused_and_instances_are_recorded(tmp_path):
+    from todal import strategies
+
+    base = dict(initial=20, budget=10, cycles=2, epochs=1, train={"batch_size": 8})
+    with pytest.raises(TodalError, match="strategy_options apply to a strategy given by name"):
+        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategies.get("cod"), strategy_options={"space": "logits"},
+                   **base)
+    with pytest.raises(TodalError, match="model_options apply to a model given by name"):
+        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), model_options={"width": 2}, **base)
+    with pytest.raises(TodalError, match=r"model_fn is a model instance \(Sequential\); pass a function"):
+        ActiveLoop(mlp(), blobs(150, 0), blobs(60, 1), **base)
+    a = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategies.get("cod", space="logits"),
+                   workdir=tmp_path, **base)
+    a.run()
+    assert json.loads((tmp_path / "config.json").read_text())["strategy_options"]["space"] == "logits"
+    b = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategies.get("cod"), workdir=tmp_path, **base)
+    with pytest.raises(TodalError, match="different configuration \\(strategy_options"):
+        b.run()
+
+
+def test_another_architecture_is_refused_on_resume(tmp_path):
+    from torch import nn
+
+    base = dict(strategy="random", initial=20, budget=10, cycles=2, epochs=1, train={"batch_size": 8}, workdir=tmp_path)
+    ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), **base).run()
+
+    def narrow():  # another width under the same name
+        return nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3))
+
+    narrow.__qualname__ = mlp.__qualname__
+    with pytest.raises(TodalError, match="different configuration \\(model_arch"):
+        ActiveLoop(narrow, blobs(150, 0), blobs(60, 1), **base).run()
+
+
+def test_the_class_count_comes_from_labels_never_from_inputs(tmp_path):
+    import numpy as np
+    from torch.utils.data import Dataset, TensorDataset
+
+    x, y = torch.randn(60, 8), torch.arange(60) % 4
+    loop = ActiveLoop(lambda: torch.nn.Linear(8, 4), TensorDataset(x, y), TensorDataset(x, y), strategy="random",
+                      initial=np.int64(20), budget=np.int64(10), cycles=np.int64(2), seed=np.int64(3), epochs=1)
+    assert loop.num_classes == 4 and loop.config.cycles == 2 and isinstance(loop.config.seed, int)
+
+    class Lazy(Dataset):
+        def __len__(self):
+            return 60
+
+        def __getitem__(self, i):
+            raise AssertionError("the constructor read an input")
+
+    with pytest.raises(TodalError, match=r"Lazy has no num_classes .* pass ActiveLoop\(\.\.\., num_classes=C\)"):
+        ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10, cycles=2)
+    assert ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10, cycles=2,
+                      num_classes=4).num_classes == 4
+    with pytest.raises(TodalError, match=r"labels are floats .* convert them with \.long\(\)"):
+        ActiveLoop(lambda: torch.nn.Linear(8, 4), TensorDataset(x, y.float()), TensorDataset(x, y), strategy="random",
+                   initial=20, budget=10, cycles=2)
+
+
+@pytest.mark.parametrize("kw, text", [
+    ({"test_set": None}, r"'test_set' parameter of ActiveLoop must be a dataset to evaluate each cycle on"),
+    ({"train": {"batchsize": 16}}, r"Unknown train option 'batchsize'; valid: epochs, batch_size"),
+    ({"model_fn": lambda: torch.nn.Linear(8, 2)}, r"model outputs 2 scores per sample but the data has 3 classes"),
+    ({"model_fn": lambda: torch.nn.Linear(5, 3)}, r"model fails on the training set's inputs of shape \[2, 8\] "
+                                                  r"\(RuntimeError: .*channels first"),
+])
+def test_mistakes_are_one_line_errors_before_any_training(tmp_path, kw, text):
+    args = {"model_fn": mlp, "train_set": blobs(150, 0), "test_set": blobs(60, 1), "strategy": "random",
+            "initial": 20, "budget": 10, "cycles": 2, "workdir": tmp_path, **kw}
+    with pytest.raises(TodalError, match=text):
+        ActiveLoop(**args)
+    assert not (tmp_path / "config.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line():
+    with pytest.raises(TodalError, match="sees no CUDA device; pass device='cpu'"):
+        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=2, device="cuda")
+
+
+def test_test_labels_beyond_the_training_classes_are_refused():
+    test = blobs(60, 1)
+    test.y[0] = 3
+    with pytest.raises(TodalError, match="test set has label 3 but the training set only 3 classes; pass num_classes=4"):
+        ActiveLoop(mlp, blobs(150, 0), test, strategy="random", initial=20, budget=10, cycles=2)

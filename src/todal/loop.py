@@ -41,6 +41,7 @@ from .oracle import FileOracle, SimulatedOracle
 from .pool import Pool
 from .strategies import Context, Strategy
 from .strategies import get as get_strategy
+from .strategies import names as strategy_names
 from .strategies.base import LabelMaps
 from .tasks import Segmentation, get_task
 from .train import TrainConfig, evaluate, fit
@@ -88,6 +89,15 @@ def seeded(seed: int, *keys):
         yield
 
 
+def _plain(value):
+    """numpy integers and floats as Python's (bools stay bools)."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
 def resolve_size(value, n: int, name: str) -> int:
     """A float in (0, 1] is a fraction of n; an int >= 1 is a count."""
     expected = "an int in [1, inf) or a float in (0, 1]"
@@ -119,9 +129,50 @@ class LoopConfig:
     dataset: dict
     eval_batch_size: int = 512
     version: int = 1
+    model_arch: str = ""  # a hash of the model's parameter names and shapes: another architecture is refused
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
+
+
+# LoopConfig keys added after runs were already made: a saved config without one is not compared on it
+LATER_KEYS = ("model_arch",)
+
+
+def infer_num_classes(dataset) -> int:
+    """The number of classes from the labels alone (`.y`, `.targets`, a TensorDataset's last tensor), never by
+    reading the inputs; a dataset without them must say (`num_classes` attribute or argument)."""
+    for labels in (getattr(dataset, "y", None), getattr(dataset, "targets", None),
+                   (getattr(dataset, "tensors", None) or [None])[-1]):
+        if labels is not None:
+            labels = torch.as_tensor(labels)
+            if labels.is_floating_point():
+                raise TodalError(f"The labels are floats ({labels.dtype}); class labels must be integers 0..C-1: "
+                                 "convert them with .long() (for regression there is no class count).")
+            return int(labels.max()) + 1
+    raise TodalError(f"{type(dataset).__name__} has no num_classes (nor .y, .targets or tensors to count from); "
+                     "pass ActiveLoop(..., num_classes=C) or give the dataset a num_classes attribute.")
+
+
+def instance_options(strategy: Strategy) -> dict:
+    """The options a strategy instance holds (its constructor's parameters it keeps as attributes), recorded
+    so a run resumed with differently configured strategy is refused."""
+    from .strategies import _init_params
+
+    out = {}
+    for key in (_init_params(strategy.name) if strategy.name in strategy_names() else {}):
+        value = getattr(strategy, key, getattr(strategy, f"_{key}", None))
+        try:
+            out[key] = json.loads(json.dumps(value))
+        except TypeError:
+            out[key] = repr(value)
+    return {"class": f"{type(strategy).__module__}.{type(strategy).__qualname__}", **out}
+
+
+def architecture(model: nn.Module) -> str:
+    """A short hash of the model's parameter and buffer names, shapes and dtypes."""
+    text = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items())
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # configuration values a finished or running run may change: they only shape the cycles still to come
@@ -163,6 +214,8 @@ class ActiveLoop:
                  num_classes: int | None = None,
                  eval_batch_size: int | None = None, progress: bool = False, keep_checkpoints: bool = False):
         owner = "ActiveLoop"
+        cycles, seed = _plain(cycles), _plain(seed)  # numpy scalars are ints too
+        initial, budget = _plain(initial), _plain(budget)
         n = len(train_set)
         if n < 2:
             raise param_error("train_set", owner, "a dataset of at least 2 samples", f"{n} samples")
@@ -173,8 +226,16 @@ class ActiveLoop:
         if not 0 <= ema_decay < 1:
             raise param_error("ema_decay", owner, "a float in [0, 1)", ema_decay)
         self.train_set, self.test_set = train_set, test_set
-        self.num_classes = int(num_classes or getattr(train_set, "num_classes", 0) or
-                               int(fetch(train_set, torch.arange(n))[1].max()) + 1)
+        self.num_classes = int(num_classes or getattr(train_set, "num_classes", 0) or infer_num_classes(train_set))
+        if not isinstance(strategy, str) and strategy_options:
+            raise TodalError("strategy_options apply to a strategy given by name; give the instance its options "
+                             "(todal.strategies.get(name, **options)) or pass the name with strategy_options.")
+        if not isinstance(model_fn, str) and model_options:
+            raise TodalError("model_options apply to a model given by name; a callable builds its own model: "
+                             "bind the options into it (functools.partial) or pass a model name.")
+        if isinstance(model_fn, nn.Module):
+            raise TodalError(f"model_fn is a model instance ({type(model_fn).__name__}); pass a function that builds "
+                             f"a fresh one, e.g. lambda: {type(model_fn).__name__}(...), or a model name.")
         self.strategy = get_strategy(strategy, **(strategy_options or {})) if isinstance(strategy, str) else strategy
         init = resolve_size(initial, n, "initial")
         step = resolve_size(budget, n, "budget") if cycles > 1 else 0
@@ -183,6 +244,14 @@ class ActiveLoop:
             raise TodalError(f"The plan needs {need} labels (initial {init} + {cycles - 1} cycles x budget "
                              f"{step}) but the training set has {n} samples; lower the budget, the initial "
                              "size or the number of cycles.")
+        if test_set is None:
+            raise param_error("test_set", owner, "a dataset to evaluate each cycle on", None,
+                              "Hold out part of your labeled data, e.g. todal.data.stratified_split.")
+        if train is not None and not isinstance(train, (TrainConfig, dict)):
+            raise param_error("train", owner, "a TrainConfig or a dict of its fields", type(train).__name__)
+        unknown = sorted(set(train or {}) - {f for f in TrainConfig.__dataclass_fields__}) if isinstance(train, dict) else []
+        if unknown:
+            raise TodalError(f"Unknown train option {unknown[0]!r}; valid: {', '.join(TrainConfig.__dataclass_fields__)}.")
         tc = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
         if epochs is not None:
             tc = TrainConfig(**{**tc.to_dict(), "epochs": epochs})
@@ -209,24 +278,52 @@ class ActiveLoop:
         if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
             raise param_error("eval_batch_size", owner, "an int >= 1 or None", eval_batch_size)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TodalError(f"device={str(device)!r} but this PyTorch sees no CUDA device; pass device='cpu' or "
+                             "install a CUDA build of torch on a machine with a GPU.")
         self.progress = progress
         self.keep_checkpoints = bool(keep_checkpoints)
         self.needs_ema = semi_supervised or self.strategy.needs_ema
         model_id = model_fn if isinstance(model_fn, str) else getattr(model_fn, "__qualname__", repr(model_fn))
         self.config = LoopConfig(
-            strategy=self.strategy.name, strategy_options=strategy_options or {},
+            strategy=self.strategy.name,
+            strategy_options=strategy_options or {} if isinstance(strategy, str) else instance_options(strategy),
             semi_supervised=bool(semi_supervised), initial=init, budget=step, cycles=cycles, seed=seed,
             task=task, flavor=asdict(fl), reinit=bool(reinit), ema_decay=float(ema_decay),
             train=tc.to_dict(), model=str(model_id), model_options=dict(model_options or {}),
             eval_batch_size=eval_batch_size,
             dataset={"name": dataset_name, "train_size": n, "test_size": len(test_set),
-                     "num_classes": self.num_classes})
+                     "num_classes": self.num_classes}, model_arch="")
+        probe = self._new_model("arch")
+        self.config.model_arch = architecture(probe)
+        self._probe(probe, train_set, test_set)
         self.train_cfg = tc
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="todal-")
             workdir = self._tmp.name
         self.workdir = Path(workdir)
+
+    def _probe(self, model: nn.Module, train_set, test_set) -> None:
+        """Two samples through the model before anything is trained: the errors a run would hit hours later
+        (inputs the model cannot take, fewer outputs than classes, test labels the training set lacks)."""
+        from .inference import test_transform
+
+        x = fetch(train_set, torch.arange(min(2, len(train_set))))[0]
+        try:
+            with torch.no_grad():
+                out = model.eval()(test_transform(train_set)(x))
+        except Exception as e:  # the user's model: any error, told with the input shape
+            raise TodalError(f"The model fails on the training set's inputs of shape {list(x.shape)} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); images must be [N, C, H, W] (channels first: "
+                             "x.permute(0, 3, 1, 2) for HWC) and match the model's input.") from None
+        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[1] != self.num_classes:
+            raise TodalError(f"The model outputs {out.shape[1]} scores per sample but the data has {self.num_classes} "
+                             f"classes; build it with {self.num_classes} outputs (or pass num_classes=).")
+        test_labels = getattr(test_set, "y", None) if not self.dense else None
+        if isinstance(test_labels, torch.Tensor) and len(test_labels) and int(test_labels.max()) >= self.num_classes:
+            raise TodalError(f"The test set has label {int(test_labels.max())} but the training set only "
+                             f"{self.num_classes} classes; pass num_classes={int(test_labels.max()) + 1}.")
 
     # --- files --------------------------------------------------------------------------------
     def _path(self, *parts: str) -> Path:
@@ -362,7 +459,8 @@ class ActiveLoop:
             saved = self._read_json("config.json")
             if isinstance(saved.get("flavor"), dict):  # runs made before a flavor choice existed used its old value
                 saved["flavor"] = {**FLAVOR_BEFORE_CHOICES, **saved["flavor"]}
-            diff = [k for k in cfg if saved.get(k) != cfg[k] and k not in EXTENDABLE]
+            diff = [k for k in cfg if saved.get(k) != cfg[k] and k not in EXTENDABLE
+                    and not (k in LATER_KEYS and k not in saved)]
             if diff:
                 k = diff[0]
                 raise TodalError(f"{self.workdir} holds a run with a different configuration ({k}: "

@@ -1,75 +1,108 @@
-"""The check suite every registered strategy passes (STYLE principle 4)."""
-
-import copy
+"""The check suite every registered strategy passes (STYLE principle 4), run through the public
+`todal.testing.check_strategy` that users run on their own strategies, and that suite's own teeth."""
 
 import pytest
 import torch
 
-from tinydata import blobs, mlp
 from todal import strategies
-from todal.ema import EMA
-from todal.strategies import Context
-from todal.tasks import Classification
-
-
-def make_ctx(seed: int, n_labeled: int = 30, cycle: int = 1) -> Context:
-    torch.manual_seed(seed)
-    ds = blobs(100, seed)
-    perm = torch.randperm(100, generator=torch.Generator().manual_seed(seed))
-    labeled, unlabeled = perm[:n_labeled].sort().values, perm[n_labeled:].sort().values
-    model, previous = mlp(), mlp()
-    return Context(model=model, task=Classification(3), dataset=ds, labeled=labeled, unlabeled=unlabeled,
-                   labels=ds.y[labeled], generator=torch.Generator().manual_seed(seed), cycle=cycle,
-                   ema_model=EMA(mlp()).model, previous=lambda: copy.deepcopy(previous), batch_size=16)
-
-
-def run(name: str, seed: int, budget: int = 7, **ctx_kw):
-    strategy = strategies.get(name)
-    ctx = make_ctx(seed, **ctx_kw)
-    return strategy.select(ctx, budget), ctx
+from todal.errors import TodalError
+from todal.strategies import ScoreStrategy, Strategy, register
+from todal.testing import check_strategy
 
 
 @pytest.mark.parametrize("name", strategies.names())
-def test_returns_budget_distinct_unlabeled_indices(name, seed):
-    chosen, ctx = run(name, seed)
-    assert chosen.dtype == torch.long and len(chosen) == 7 and len(chosen.unique()) == 7
-    assert set(chosen.tolist()) <= set(ctx.unlabeled.tolist())
-
-
-@pytest.mark.parametrize("name", strategies.names())
-def test_is_deterministic_for_a_seed(name, seed):
-    assert torch.equal(run(name, seed)[0], run(name, seed)[0])
-
-
-@pytest.mark.parametrize("name", strategies.names())
-def test_does_not_mutate_its_inputs(name, seed):
-    ctx = make_ctx(seed)
-    before = ([p.clone() for p in ctx.model.parameters()], ctx.labeled.clone(), ctx.unlabeled.clone(),
-              ctx.dataset.x.clone())
-    strategies.get(name).select(ctx, 5)
-    assert all(torch.equal(a, b) for a, b in zip(before[0], ctx.model.parameters()))
-    assert torch.equal(before[1], ctx.labeled) and torch.equal(before[2], ctx.unlabeled)
-    assert torch.equal(before[3], ctx.dataset.x)
-
-
-@pytest.mark.parametrize("name", strategies.names())
-def test_budget_above_the_pool_takes_all_with_a_warning(name, seed):
-    ctx = make_ctx(seed, n_labeled=95)
-    with pytest.warns(UserWarning, match="exceeds the 5 unlabeled samples"):
-        chosen = strategies.get(name).select(ctx, 9)
-    assert sorted(chosen.tolist()) == sorted(ctx.unlabeled.tolist())
-
-
-@pytest.mark.parametrize("name", strategies.names())
-def test_bad_budget_is_refused(name):
-    with pytest.raises(ValueError, match="'budget' parameter"):
-        strategies.get(name).select(make_ctx(0), 0)
+def test_every_registered_strategy_keeps_the_contract(name):
+    check_strategy(name)
 
 
 @pytest.mark.parametrize("name", strategies.names())
 def test_has_a_description_and_reference(name):
     cls = type(strategies.get(name))
     assert cls.description and cls.reference
+
+
+class Labeled(Strategy):
+    name, description = "labeled_picker", "picks labeled samples"
+
+    def _select(self, ctx, k):
+        return ctx.labeled[:k]
+
+
+class Unseeded(ScoreStrategy):
+    name, description = "unseeded", "random scores from the global RNG"
+
+    def score(self, ctx, candidates):
+        return torch.rand(len(candidates))
+
+
+class Trainer(ScoreStrategy):
+    name, description = "trainer", "trains the model in place"
+
+    def score(self, ctx, candidates):
+        with torch.no_grad():
+            for p in ctx.model.parameters():
+                p.add_(1.0)
+        return torch.arange(len(candidates), dtype=torch.float)
+
+
+class Nameless(ScoreStrategy):
+    description = "no name"
+
+    def score(self, ctx, candidates):
+        return torch.zeros(len(candidates))
+
+
+@pytest.mark.parametrize("cls, rule", [
+    (Labeled, "broke its contract"),  # the base class's own guard fires first
+    (Unseeded, "same samples for the same seed"),
+    (Trainer, "leaves the model's parameters unchanged"),
+    (Nameless, "has a non-empty `name`"),
+])
+def test_check_strategy_catches_a_broken_strategy(cls, rule):
+    with pytest.raises((AssertionError, RuntimeError), match=rule):
+        check_strategy(cls)
+
+
+def test_a_users_strategy_passes_and_registers(tmp_path):
+    class LowMargin(ScoreStrategy):
+        name, description = "test_low_margin", "smallest top-2 margin, by hand"
+
+        def score(self, ctx, candidates):
+            p = ctx.outputs(ctx.model, candidates).softmax(1).topk(2, dim=1).values
+            return p[:, 1] - p[:, 0]
+
+    check_strategy(LowMargin)
+    try:
+        register(LowMargin)
+        assert isinstance(strategies.get("test_low_margin"), LowMargin)
+        register(LowMargin)  # the same class again (a reloaded module) is fine
+    finally:
+        strategies._REGISTRY.pop("test_low_margin", None)
+
+
+def test_the_registry_refuses_empty_names_and_silent_replacements():
+    with pytest.raises(TodalError, match=r"Nameless.name is ''; a strategy needs a lower-case name"):
+        register(Nameless)
+
+    class Entropy2(ScoreStrategy):
+        name, description = "entropy", "mine"
+
+        def score(self, ctx, candidates):
+            return torch.zeros(len(candidates))
+
+    with pytest.raises(TodalError, match=r"Strategy name 'entropy' is taken by todal.strategies.uncertainty.Entropy"):
+        register(Entropy2)
+    original = strategies._REGISTRY["entropy"]
+    try:
+        register(replace=True)(Entropy2)
+        assert isinstance(strategies.get("entropy"), Entropy2)
+    finally:
+        strategies._REGISTRY["entropy"] = original
+
+
+def test_check_strategy_wants_a_class_not_an_instance():
+    with pytest.raises(TypeError, match="pass Entropy, not an instance"):
+        check_strategy(strategies.get("entropy"))
 
 
 def test_unknown_strategy_lists_valid_names():
@@ -80,3 +113,21 @@ def test_unknown_strategy_lists_valid_names():
 def test_unknown_option_is_refused():
     with pytest.raises(ValueError, match="'spce' parameter of strategy 'random'"):
         strategies.get("random", spce="probs")
+
+
+def test_the_readme_strategy_example_runs_and_is_usable_by_name():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"<!-- strategy-example -->\n```python\n(.*?)```", text, re.S).group(1)
+    try:
+        scope = {}
+        exec(compile(block, "README.md", "exec"), scope)
+        from tinydata import blobs, mlp
+        from todal import select
+
+        picked = select("smallest_margin", mlp(), blobs(60, 0), 5, labeled=list(range(10)))
+        assert len(picked) == 5 and min(picked.tolist()) >= 10
+    finally:
+        strategies._REGISTRY.pop("smallest_margin", None)

@@ -67,7 +67,20 @@ class Classifier(nn.Module, abc.ABC):
 
 
 def head_of(model: nn.Module) -> nn.Linear:
-    """The final linear layer: the model's `head`, else its last `nn.Linear`."""
+    """The final linear layer (the classifier; features are its input): the submodule the model names in
+    `model.feature_layer` (e.g. "backbone.fc"), else the model's `head`, else its last `nn.Linear`."""
+    name = getattr(model, "feature_layer", None)
+    if isinstance(name, str):
+        try:
+            layer = model.get_submodule(name)
+        except AttributeError:
+            valid = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+            raise TodalError(f"feature_layer {name!r} is not a submodule of {type(model).__name__}; its nn.Linear "
+                             f"layers: {', '.join(valid) or 'none'}.") from None
+        if not isinstance(layer, nn.Linear):
+            raise TodalError(f"feature_layer {name!r} is a {type(layer).__name__}; name the nn.Linear classifier "
+                             "(features are its input), or give the model an embed(x) method.")
+        return layer
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
         return head
@@ -78,16 +91,29 @@ def head_of(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
+def check_head(model: nn.Module, head: nn.Linear, out: Tensor) -> None:
+    """Refuse a guessed classifier that does not make the model's output (an auxiliary nn.Linear after the
+    real one), saying how to name the right layer."""
+    if out.dim() == 2 and out.shape[1] != head.out_features:
+        name = next((n for n, m in model.named_modules() if m is head), "?")
+        raise TodalError(f"The layer taken as {type(model).__name__}'s classifier ({name!r}, {head.out_features} "
+                         f"outputs) does not make its {out.shape[1]} outputs; set model.feature_layer = "
+                         "'<name of the classifier nn.Linear>' or give the model an embed(x) method.")
+
+
 def embed(model: nn.Module, x: Tensor) -> Tensor:
     """Penultimate features `[B, D]`: `model.embed(x)`, else the input of the final linear layer."""
     if hasattr(model, "embed"):
         return model.embed(x)
     captured = []
-    handle = head_of(model).register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+    head = head_of(model)
+    handle = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
     try:
-        model(x)
+        out = model(x)
     finally:
         handle.remove()
+    if isinstance(out, Tensor):
+        check_head(model, head, out)
     return captured[0].flatten(1)
 
 

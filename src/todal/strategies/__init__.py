@@ -10,10 +10,24 @@ from .base import Context, ScoreStrategy, Strategy, top_k
 _REGISTRY: dict[str, type[Strategy]] = {}
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy available to `get(cls.name)`."""
-    _REGISTRY[cls.name] = cls
-    return cls
+def register(cls: type[Strategy] | None = None, *, replace: bool = False):
+    """Class decorator: make a strategy available to `get(cls.name)` (`@register`, or `@register(replace=True)`
+    to knowingly take over a registered name). A name that is empty, not an identifier-like word, or already
+    taken by another class is refused; re-registering the same class (a reloaded module) is allowed."""
+    def add(cls: type[Strategy]) -> type[Strategy]:
+        name = getattr(cls, "name", "")
+        if not isinstance(name, str) or not name or not name.replace("_", "a").isalnum() or not name.islower():
+            raise TodalError(f"{cls.__name__}.name is {name!r}; a strategy needs a lower-case name of letters, digits "
+                             "and _ (e.g. name = \"my_margin\").")
+        old = _REGISTRY.get(name)
+        same = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+        if old is not None and not same and not replace:
+            raise TodalError(f"Strategy name {name!r} is taken by {old.__module__}.{old.__qualname__}; choose another "
+                             "name, or @register(replace=True) to replace it on purpose.")
+        _REGISTRY[name] = cls
+        return cls
+
+    return add if cls is None else add(cls)
 
 
 def names() -> list[str]:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import TodalError
 from ..inference import eval_mode
-from ..models import head_of
+from ..models import check_head, head_of
 from . import register
 from .base import Context, Strategy
 
@@ -91,6 +91,7 @@ def outputs_and_features(ctx: Context, model: nn.Module, indices: Tensor, desc: 
             for _, x in ctx.batches(indices, desc):
                 captured.clear()
                 outs.append(model(x).float().cpu())
+                check_head(model, head, outs[-1])
                 feats.append(captured[-1].flatten(1).float().cpu())
     finally:
         handle.remove()

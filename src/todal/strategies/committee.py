@@ -156,7 +156,7 @@ class QBC(ScoreStrategy):
         except TodalError:
             raise mismatch from None
         _, h_lab = outputs_and_features(ctx, ctx.model, ctx.labeled, "qbc labeled features")
-        out, h = outputs_and_features(ctx, ctx.model, candidates, f"scoring {self.name}")
+        out, h = outputs_and_features(ctx, ctx.model, candidates, f"scoring {self.name}")  # checks the head
         with torch.no_grad():
             if out.dim() != 2 or not torch.allclose(head(h), out, rtol=1e-4, atol=1e-4):
                 raise mismatch
