@@ -96,12 +96,25 @@ def test_official_teacher_averages_parameters_only_and_runs_in_train_mode(tmp_pa
     assert teacher["body.1.num_batches_tracked"] > 0 and not torch.all(teacher["body.1.running_mean"] == 0)
 
 
-def test_official_consistency_needs_two_heads(tmp_path):
+def test_official_consistency_runs_on_a_home_made_model(tmp_path):
+    from torch.utils.data import TensorDataset
+
     from tinydata import mlp
 
-    with pytest.raises(TodalError, match="second_head=True"):
-        _loop(tmp_path, "official", model=mlp).run()
-    _loop(tmp_path, "paper", model=mlp).run()  # Eq. 7 works with any model
+    data = blobs(120, 0)
+    train, test = TensorDataset(data.x, data.y), TensorDataset(blobs(30, 1).x, blobs(30, 1).y)
+    loop = ActiveLoop(mlp, train, test, strategy="cod", semi_supervised=True, initial=20, budget=10, cycles=2,
+                      epochs=2, train={"batch_size": 8, "lr": 0.05}, workdir=tmp_path / "o", flavor="official")
+    assert len(loop.run()) == 2
+    init = torch.load(tmp_path / "o" / "checkpoints" / "init.pt", weights_only=False)["model"]
+    last = torch.load(tmp_path / "o" / "checkpoints" / "cycle_1.pt", weights_only=False)["model"]
+    assert set(init) == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias", "head2.weight", "head2.bias"}
+    assert not torch.equal(init["head2.weight"], last["head2.weight"])  # the second head was trained
+    x = blobs(30, 1).x
+    model = loop.model()
+    main, second = model.heads(x)
+    assert torch.equal(main, model(x)) and main.shape == second.shape == (30, 3)
+    _loop(tmp_path, "paper", model=mlp).run()  # Eq. 7 works with any model, unwrapped
 
 
 def test_official_scores_a_random_subset(tmp_path):

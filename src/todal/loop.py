@@ -426,7 +426,12 @@ class ActiveLoop:
                 return models.get(self.model_fn, in_channels=getattr(self.train_set, "in_channels", 1),
                                   num_classes=self.num_classes, second_head=second,
                                   **self.config.model_options)
-            return self.model_fn()
+            model = self.model_fn()
+            if second and not hasattr(model, "heads"):  # the official consistency on any model
+                from .models import SecondHead
+
+                model = SecondHead(model)
+            return model
 
     def _ema(self, model: nn.Module) -> EMA | None:
         if not self.needs_ema:

@@ -123,7 +123,8 @@ def fit(
                               "unlabeled set", consistency, "Pass ema= and unlabeled=, or consistency=None.")
         if consistency == "official" and not hasattr(model, "heads"):
             raise param_error("consistency", "fit", "'eq7' for a model without a second head", consistency,
-                              "Build the model with second_head=True for the official consistency.")
+                              "Wrap it, todal.models.SecondHead(model), or build a todal model with "
+                              "second_head=True for the official consistency.")
     pair = getattr(dataset, "train_pair_transform", None) if transform is None else None
     if pair is not None:
         # Dense labels: the image and its mask are cropped and flipped together. An unlabeled image

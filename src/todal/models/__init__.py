@@ -101,6 +101,35 @@ def check_head(model: nn.Module, head: nn.Linear, out: Tensor) -> None:
                          "'<name of the classifier nn.Linear>' or give the model an embed(x) method.")
 
 
+class SecondHead(nn.Module):
+    """Any classifier with the official TOD code's second head: a new `nn.Linear` beside the model's own
+    classifier (`head_of`), reading the same features. `forward` is the model's; `heads(x)` returns the
+    model's output and the second head's, from one pass."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        head = head_of(model)
+        self.head2 = nn.Linear(head.in_features, head.out_features)
+        object.__setattr__(self, "_head", head)  # a reference, not a second registration of the same layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        captured: list[Tensor] = []
+        handle = self._head.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
+        try:
+            out = self.model(x)
+        finally:
+            handle.remove()
+        check_head(self.model, self._head, out)
+        return out, self.head2(captured[-1])
+
+    def embed(self, x: Tensor) -> Tensor:
+        return embed(self.model, x)
+
+
 def embed(model: nn.Module, x: Tensor) -> Tensor:
     """Penultimate features `[B, D]`: `model.embed(x)`, else the input of the final linear layer."""
     if hasattr(model, "embed"):
