@@ -422,3 +422,23 @@ def test_test_labels_beyond_the_training_classes_are_refused():
     test.y[0] = 3
     with pytest.raises(TodalError, match="test set has label 3 but the training set only 3 classes; pass num_classes=4"):
         ActiveLoop(mlp, blobs(150, 0), test, strategy="random", initial=20, budget=10, cycles=2)
+
+
+def test_augmentation_is_an_explicit_argument_and_reaches_training(tmp_path):
+    seen = []
+
+    def shift(x, generator):  # records what training feeds it
+        seen.append(len(x))
+        return x + torch.randn(x.shape, generator=generator) * 0.01
+
+    base = dict(strategy="cod", semi_supervised=True, initial=20, budget=10, cycles=2, epochs=1,
+                train={"batch_size": 8})
+    a = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), augment=shift, workdir=tmp_path / "a", **base)
+    a.run()
+    assert seen and json.loads((tmp_path / "a" / "config.json").read_text())["augment"].endswith("shift")
+    ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), augment=False, workdir=tmp_path / "n", **base).run()
+    assert json.loads((tmp_path / "n" / "config.json").read_text())["augment"] == "none"
+    with pytest.raises(TodalError, match="different configuration \\(augment: 'none' there, 'default' now\\)"):
+        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), workdir=tmp_path / "n", **base).run()
+    with pytest.raises(TodalError, match="'augment' parameter of ActiveLoop must be None"):
+        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), augment="flip", **base)

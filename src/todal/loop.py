@@ -130,13 +130,14 @@ class LoopConfig:
     eval_batch_size: int = 512
     version: int = 1
     model_arch: str = ""  # a hash of the model's parameter names and shapes: another architecture is refused
+    augment: str = "default"  # the training augmentation: the dataset's "default", "none", or a function's name
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
 
 # LoopConfig keys added after runs were already made: a saved config without one is not compared on it
-LATER_KEYS = ("model_arch",)
+LATER_KEYS = ("model_arch", "augment")
 
 
 def infer_num_classes(dataset) -> int:
@@ -202,6 +203,10 @@ class ActiveLoop:
             fewer for large dense outputs).
         keep_checkpoints: keep every cycle's checkpoint (analyses across cycles); by default only the
             last two are kept, which is all that resuming and COD need.
+        augment: the training augmentation. None: the dataset's default (`todal.data.transforms_for`: crop and
+            flip for ArrayDatasets that set them, none for others); False: none; or `fn(x, generator) -> x`
+            applied to each labeled and unlabeled batch as the dataset gives it, returning what the model takes
+            (draw randomness from `generator`). Not for segmentation (masks): use a train_pair_transform there.
     """
 
     def __init__(self, model_fn: str | Callable[[], nn.Module], train_set, test_set, *,
@@ -212,7 +217,8 @@ class ActiveLoop:
                  ema_decay: float = 0.999, score_subset: int | None = None, strategy_options: dict | None = None,
                  model_options: dict | None = None, oracle=None, device: str | torch.device | None = None,
                  num_classes: int | None = None,
-                 eval_batch_size: int | None = None, progress: bool = False, keep_checkpoints: bool = False):
+                 eval_batch_size: int | None = None, progress: bool = False, keep_checkpoints: bool = False,
+                 augment: Callable | bool | None = None):
         owner = "ActiveLoop"
         cycles, seed = _plain(cycles), _plain(seed)  # numpy scalars are ints too
         initial, budget = _plain(initial), _plain(budget)
@@ -285,6 +291,13 @@ class ActiveLoop:
         self.keep_checkpoints = bool(keep_checkpoints)
         self.needs_ema = semi_supervised or self.strategy.needs_ema
         model_id = model_fn if isinstance(model_fn, str) else getattr(model_fn, "__qualname__", repr(model_fn))
+        if not (augment is None or augment is False or callable(augment)):
+            raise param_error("augment", owner, "None (the dataset's default), False (none) or fn(x, generator) -> x",
+                              augment)
+        if callable(augment) and self.dense:
+            raise TodalError("augment= transforms inputs alone, which would misalign segmentation masks; give the "
+                             "dataset a train_pair_transform(x, y, generator), or pass augment=False for none.")
+        self.augment = augment
         self.config = LoopConfig(
             strategy=self.strategy.name,
             strategy_options=strategy_options or {} if isinstance(strategy, str) else instance_options(strategy),
@@ -293,7 +306,9 @@ class ActiveLoop:
             train=tc.to_dict(), model=str(model_id), model_options=dict(model_options or {}),
             eval_batch_size=eval_batch_size,
             dataset={"name": dataset_name, "train_size": n, "test_size": len(test_set),
-                     "num_classes": self.num_classes}, model_arch="")
+                     "num_classes": self.num_classes}, model_arch="",
+            augment="default" if augment is None else "none" if augment is False else
+            getattr(augment, "__qualname__", type(augment).__name__))
         probe = self._new_model("arch")
         self.config.model_arch = architecture(probe)
         self._probe(probe, train_set, test_set)
@@ -303,6 +318,17 @@ class ActiveLoop:
             self._tmp = tempfile.TemporaryDirectory(prefix="todal-")
             workdir = self._tmp.name
         self.workdir = Path(workdir)
+
+    def _augmentation(self):
+        """The `transform` fit() takes: None (the dataset's default), the test transform (no augmentation), or the
+        user's function."""
+        if self.augment is None:
+            return None
+        if self.augment is False:
+            from .inference import test_transform
+
+            return test_transform(self.train_set)
+        return self.augment
 
     def _probe(self, model: nn.Module, train_set, test_set) -> None:
         """Two samples through the model before anything is trained: the errors a run would hit hours later
@@ -547,7 +573,7 @@ class ActiveLoop:
                         ema=ema, consistency=consistency, teacher=teacher, lam=self.flavor.lam,
                         consistency_reduction=self.flavor.consistency_reduction,
                         teacher_train_mode=self.flavor.teacher_train_mode,
-                        objectives=self.strategy.objectives(), device=self.device,
+                        objectives=self.strategy.objectives(), device=self.device, transform=self._augmentation(),
                         progress=f"cycle {c} train" if self.progress else None)
         torch_save(self._ckpt(f"cycle_{c}.pt"), {"model": model.state_dict(),
                                                  "ema": ema.state_dict() if ema else None,

@@ -6,6 +6,7 @@ loop gathers batches with `dataset.batch(idx)` and applies `transforms_for(datas
 
 from .arrays import ArrayDataset, channel_stats, stratified_split
 from .cifar import read_cifar10, read_cifar100
+from .contract import OPTIONAL, PoolDataset, explain
 from .digits import read_digits
 from .fashion_mnist import read_fashion_mnist, read_idx
 from .folder import read_image_folder
@@ -15,7 +16,7 @@ from .svhn import read_svhn
 from .transforms import BatchAugment, normalize, to_float, transforms_for
 
 __all__ = [
-    "ArrayDataset", "BatchAugment", "channel_stats", "dataset_names", "load_dataset", "normalize", "read_cifar10",
+    "ArrayDataset", "BatchAugment", "OPTIONAL", "PoolDataset", "channel_stats", "dataset_names", "explain", "load_dataset", "normalize", "read_cifar10",
     "read_cifar100", "read_digits", "read_fashion_mnist", "read_idx", "read_image_folder", "read_npz", "read_svhn",
     "register_dataset", "stratified_split", "to_float", "transforms_for",
 ]
