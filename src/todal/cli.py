@@ -119,11 +119,16 @@ def _options(pairs: list[str], strategy: str) -> dict:
 
 
 def _spec(text: str) -> tuple[str, bool]:
-    name, _, suffix = text.strip().partition("+")
-    if suffix not in ("", "semi"):
+    """'NAME' or 'NAME+semi' -> (name, semi): the bench's parser, without what `todal run` has no flag for."""
+    from .bench.runner import parse_method
+
+    if text.strip().partition("+")[2] not in ("", "semi"):
         raise TodalError(f"Strategy spec {text!r} is not NAME or NAME+semi; write e.g. cod+semi.")
-    strategies.get(name)  # unknown names fail here, with the valid ones listed
-    return name, suffix == "semi"
+    m = parse_method(text)  # unknown names fail here, with the valid ones listed
+    if m.flavor:
+        raise TodalError(f"Strategy spec {text!r} is not NAME or NAME+semi; write e.g. cod+semi (the flavor is "
+                         "--flavor; the CyclicOD loss is in todal bench).")
+    return m.strategy, m.semi
 
 
 def _label(name: str, semi: bool) -> str:

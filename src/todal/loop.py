@@ -538,6 +538,9 @@ class ActiveLoop:
         while True:
             prog = self._read_json("progress.json")
             stage = prog["stage"]
+            if stage not in (*STAGES, "done"):
+                raise TodalError(f"{self._path('progress.json')} names an unknown stage {stage!r}; restore the file or "
+                                 "delete the run directory to start over.")
             if stage == "done" and prog["cycle"] < self.config.cycles - 1:
                 last = next(r for r in self.records() if r["cycle"] == prog["cycle"])
                 write_json(self._path("progress.json"), {"cycle": prog["cycle"], "stage": "select", "pending": last})

@@ -14,6 +14,7 @@ import torch
 from .. import __version__
 from ..atomic import write_json
 from ..errors import TodalError
+from ..loop import default_task
 from ..results import summarize
 from . import analysis
 from .protocols import Protocol, check_device, differences, protocol
@@ -112,9 +113,7 @@ def _load(dataset: str, root: str | None, kwargs: dict):
                          "dataset_options for it, e.g. --set dataset_options={}.") from None
 
 
-def dataset_task(train_set) -> str:
-    """The task a dataset asks for: its `task` attribute, else classification."""
-    return getattr(train_set, "task", "classification")
+dataset_task = default_task  # the task a dataset asks for: its `task` attribute, else classification
 
 
 def load_for(p: Protocol | str, dataset: str, overrides=None, data_root: str | None = None):

@@ -115,7 +115,7 @@ class BADGE(Strategy):
                  "Uncertain Gradient Lower Bounds, ICLR 2020")
 
     def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
+        cand = ctx.pool_for(k)
         out, h = outputs_and_features(ctx, ctx.model, cand, "badge embeddings")
         if out.dim() != 2:
             raise TodalError(f"Strategy 'badge' needs [N, C] class outputs; the model returned "

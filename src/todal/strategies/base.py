@@ -102,6 +102,10 @@ class Context:
     workdir: Path | None = None
     progress: bool = False
 
+    def pool_for(self, k: int) -> Tensor:
+        """Where a selection of k looks: the scored `candidates`, or all of `unlabeled` when they are fewer than k."""
+        return self.candidates if len(self.candidates) >= k else self.unlabeled
+
     def __post_init__(self):
         if self.candidates is None:
             self.candidates = self.unlabeled
@@ -196,6 +200,11 @@ def top_k_with_tiebreak(primary: Tensor, secondary: Tensor, k: int) -> Tensor:
     return by_secondary[top_k(primary[by_secondary], k)]
 
 
+def per_sample_mean(per_elem: Tensor) -> Tensor:
+    """`[N]` stays; `[N, *S]` (per-pixel values) -> the mean over S per sample."""
+    return per_elem if per_elem.dim() == 1 else per_elem.flatten(1).mean(1)
+
+
 class Strategy(abc.ABC):
     """Base of every strategy: validates the budget and the answer; subclasses supply `_select`.
 
@@ -266,7 +275,7 @@ class ScoreStrategy(Strategy):
         return self.score(ctx, candidates), None
 
     def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
+        cand = ctx.pool_for(k)
         scores, tiebreak = self.score_with_tiebreak(ctx, cand)
         self.last_scores_ = (cand, scores)  # what the selection saw, for queues that show each pick's score
         if tiebreak is None:

@@ -18,11 +18,7 @@ from ..errors import TodalError, check_choice, param_error
 from ..models import Classifier, dropout_active, with_dropout
 from ..models.segmentation import Segmenter
 from . import register
-from .base import Context, ScoreStrategy
-
-
-def _per_sample(per_elem: Tensor) -> Tensor:
-    return per_elem if per_elem.dim() == 1 else per_elem.flatten(1).mean(1)
+from .base import Context, ScoreStrategy, per_sample_mean
 
 
 def _entropy(probs: Tensor, dim: int) -> Tensor:
@@ -54,13 +50,13 @@ class PassStats:
         return self
 
     def variation_ratio(self) -> Tensor:
-        return _per_sample(1.0 - self.votes.max(1).values / self.passes)
+        return per_sample_mean(1.0 - self.votes.max(1).values / self.passes)
 
     def max_entropy(self) -> Tensor:
-        return _per_sample(_entropy(self.sum_probs / self.passes, dim=1))
+        return per_sample_mean(_entropy(self.sum_probs / self.passes, dim=1))
 
     def bald(self) -> Tensor:
-        return _per_sample(_entropy(self.sum_probs / self.passes, dim=1) - self.sum_entropy / self.passes)
+        return per_sample_mean(_entropy(self.sum_probs / self.passes, dim=1) - self.sum_entropy / self.passes)
 
 
 def variation_ratio(probs: Tensor) -> Tensor:

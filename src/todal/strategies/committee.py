@@ -19,26 +19,22 @@ from ..inference import eval_mode, fetch
 from ..models import head_of
 from ..train import TrainConfig, fit
 from . import register
-from .base import Context, ScoreStrategy
+from .base import Context, ScoreStrategy, per_sample_mean
 from .badge import outputs_and_features
-
-
-def _per_sample(per_elem: Tensor) -> Tensor:
-    return per_elem if per_elem.dim() == 1 else per_elem.flatten(1).mean(1)
 
 
 def vote_entropy(probs: Tensor) -> Tensor:
     """`[M, N, C, *S]` -> `[N]`: entropy of the members' hard votes."""
     m, c = probs.shape[0], probs.shape[2]
     share = F.one_hot(probs.argmax(2), c).sum(0).to(probs.dtype) / m  # (N, *S, C)
-    return _per_sample(-(share * share.clamp_min(1e-12).log()).sum(-1))
+    return per_sample_mean(-(share * share.clamp_min(1e-12).log()).sum(-1))
 
 
 def consensus_kl(probs: Tensor) -> Tensor:
     """`[M, N, C, *S]` -> `[N]`: mean over members of KL(p_m || consensus), consensus = mean_m p_m."""
     consensus = probs.mean(0, keepdim=True)
     kl = (probs * (probs.clamp_min(1e-12).log() - consensus.clamp_min(1e-12).log())).sum(2)  # (M, N, *S)
-    return _per_sample(kl.mean(0))
+    return per_sample_mean(kl.mean(0))
 
 
 DISAGREEMENTS = {"vote_entropy": vote_entropy, "kl": consensus_kl}

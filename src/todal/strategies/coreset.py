@@ -113,7 +113,7 @@ class CoreSet(Strategy):
         self.chunk_size = chunk_size
 
     def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
+        cand = ctx.pool_for(k)
         feats = ctx.embeddings(torch.cat([ctx.labeled, cand]), desc=f"embedding for {self.name}")
         if feats.dim() != 2:
             raise TodalError(f"Strategy {self.name!r} needs [N, D] features; the model's embed() returned "

@@ -190,7 +190,7 @@ class _SequentialGCN(Strategy):
         scores `[N]`, hidden features `[N, h]` and the learner's features `[N, D]`."""
 
     def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.candidates if len(ctx.candidates) >= k else ctx.unlabeled
+        cand = ctx.pool_for(k)
         m = len(cand) if self.subset is None else max(self.subset, k)
         if m < len(cand):
             cand = cand[torch.randperm(len(cand), generator=ctx.generator)[:m].sort().values]

@@ -10,27 +10,23 @@ from typing import Callable
 from torch import Tensor
 
 from . import register
-from .base import Context, ScoreStrategy
-
-
-def _per_sample(per_elem: Tensor) -> Tensor:
-    return per_elem if per_elem.dim() == 1 else per_elem.flatten(1).mean(1)
+from .base import Context, ScoreStrategy, per_sample_mean
 
 
 def entropy_score(probs: Tensor) -> Tensor:
     """H(p) = -sum_c p_c log p_c per sample (pixel mean)."""
-    return _per_sample(-(probs * probs.clamp_min(1e-12).log()).sum(1))
+    return per_sample_mean(-(probs * probs.clamp_min(1e-12).log()).sum(1))
 
 
 def margin_score(probs: Tensor) -> Tensor:
     """-(p_top1 - p_top2): small margins score high."""
     top2 = probs.topk(2, dim=1).values
-    return _per_sample(top2[:, 1] - top2[:, 0])
+    return per_sample_mean(top2[:, 1] - top2[:, 0])
 
 
 def least_confidence_score(probs: Tensor) -> Tensor:
     """1 - max_c p_c."""
-    return _per_sample(1.0 - probs.max(dim=1).values)
+    return per_sample_mean(1.0 - probs.max(dim=1).values)
 
 
 class _Uncertainty(ScoreStrategy):
