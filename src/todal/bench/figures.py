@@ -166,7 +166,7 @@ def headline(summaries: dict[str, dict], path: str | os.PathLike, *, key: str = 
             tick.set_color(tod_colour.get(m, "0.35"))
             tick.set_fontweight("bold" if m in tod_colour else "normal")
         ax2.axvline(0, color="black", ls="--", lw=1)
-        ax2.set_xlabel(f"AUBC minus {baseline}'s (points of {name}; paired by trial, mean ± std)")
+        ax2.set_xlabel(f"AUBC − {baseline}'s, points of {name}\n(paired by trial: mean ± std)")
         ax2.set_title(f"against {baseline}")
         ax2.grid(alpha=0.3, axis="x")
     fig.tight_layout()

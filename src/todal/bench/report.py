@@ -240,7 +240,7 @@ def write_report(out: Path, r: dict) -> None:
               f"Mean `select_time_s` of every selection of every trial (from each run's `metrics.jsonl`, measured "
               f"while it ran), and its ratio to one plain inference pass of the same model over "
               f"{st['pool_size']:,} samples (the mean unlabeled pool, or the scored subset where the protocol sets "
-              f"`score_subset`), measured in this process: "
+              f"`score_subset`), measured in {st.get('inference_from', 'this process')}: "
               f"{st['inference_pass_s']:.3f} s on {env['device']}. Runs measured on a busy or different machine "
               "inflate their ratio; the selections of reused runs were timed when they ran.\n",
               *_table(["method", "selections", "seconds, mean ± std", "x inference pass"],
