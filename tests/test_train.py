@@ -107,3 +107,51 @@ def test_evaluate_by_hand():
     expected_loss = F.cross_entropy(x, torch.tensor([0, 1, 0])).item()
     assert m["accuracy"] == pytest.approx(2 / 3) and m["loss"] == pytest.approx(expected_loss)
     assert m["per_class_accuracy"] == [0.5, 1.0]
+
+
+def test_bf16_autocast_trains_on_cpu_and_auto_is_fp32_there():
+    import dataclasses
+
+    from tinydata import blobs, mlp
+    from todal.tasks import Classification
+    from todal.train import TrainConfig, fit
+
+    data = blobs(64, 0)
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05)
+    assert cfg.autocast_dtype(torch.device("cpu")) is None and not cfg.use_channels_last(torch.device("cpu"))
+    assert dataclasses.replace(cfg, precision="bf16").autocast_dtype(torch.device("cpu")) == torch.bfloat16
+
+    def train(c):
+        torch.manual_seed(0)
+        m = mlp()
+        stats = fit(m, Classification(3), data, torch.arange(64), cfg=c, generator=torch.Generator().manual_seed(0))
+        return m, stats
+
+    fp32, s32 = train(cfg)
+    again, _ = train(dataclasses.replace(cfg, precision="fp32"))
+    assert all(torch.equal(a, b) for a, b in zip(fp32.parameters(), again.parameters()))  # auto == fp32 on CPU
+    bf16, s16 = train(dataclasses.replace(cfg, precision="bf16"))
+    assert s16["epoch_losses"][-1] < s16["epoch_losses"][0] and abs(s16["loss"] - s32["loss"]) < 0.2
+    assert not all(torch.equal(a, b) for a, b in zip(fp32.parameters(), bf16.parameters()))  # it did change precision
+    with pytest.raises(ValueError, match="'precision' parameter of TrainConfig must be one of auto, fp32, bf16"):
+        TrainConfig(precision="fp16")
+
+
+def test_channels_last_on_cpu_gives_the_same_training():
+    import dataclasses
+
+    from todal import models
+    from todal.data import read_digits
+    from todal.tasks import Classification
+    from todal.train import TrainConfig, fit
+
+    train, _ = read_digits()
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+
+    def run(c):
+        torch.manual_seed(0)
+        m = models.get("small_cnn", in_channels=1, num_classes=10, width=0.25)
+        return fit(m, Classification(10), train, torch.arange(128), cfg=c, generator=torch.Generator().manual_seed(0))
+
+    plain, cl = run(cfg), run(dataclasses.replace(cfg, channels_last=True))
+    assert cl["loss"] == pytest.approx(plain["loss"], rel=1e-4)

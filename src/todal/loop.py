@@ -138,6 +138,8 @@ class LoopConfig:
 
 # LoopConfig keys added after runs were already made: a saved config without one is not compared on it
 LATER_KEYS = ("model_arch", "augment")
+# TrainConfig fields added after runs were made, with the behaviour those runs had
+TRAIN_BEFORE_OPTIONS = {"precision": "auto", "channels_last": None, "compile": False}
 
 
 def infer_num_classes(dataset) -> int:
@@ -490,6 +492,8 @@ class ActiveLoop:
             saved = self._read_json("config.json")
             if isinstance(saved.get("flavor"), dict):  # runs made before a flavor choice existed used its old value
                 saved["flavor"] = {**FLAVOR_BEFORE_CHOICES, **saved["flavor"]}
+            if isinstance(saved.get("train"), dict):  # runs made before a training option existed ran its default
+                saved["train"] = {**TRAIN_BEFORE_OPTIONS, **saved["train"]}
             diff = [k for k in cfg if saved.get(k) != cfg[k] and k not in EXTENDABLE
                     and not (k in LATER_KEYS and k not in saved)]
             if diff:

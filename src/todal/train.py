@@ -9,6 +9,8 @@ the teacher w~ runs without gradients and moves toward w after every optimizer s
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -37,6 +39,9 @@ class TrainConfig:
     lr_drop_at: float = 0.8  # fraction of the epochs after which lr is multiplied by lr_drop
     lr_drop: float = 0.1
     unlabeled_batch_size: int | None = None  # default: batch_size
+    precision: str = "auto"  # "auto": bf16 autocast on a CUDA device that has it, fp32 elsewhere; "fp32"; "bf16"
+    channels_last: bool | None = None  # None: on CUDA for image batches [B, C, H, W]
+    compile: bool = False  # torch.compile the model's forward for training
 
     def __post_init__(self):
         owner = "TrainConfig"
@@ -49,6 +54,22 @@ class TrainConfig:
         if not 0 < self.lr_drop_at <= 1:
             raise param_error("lr_drop_at", owner, "a float in (0, 1]", self.lr_drop_at)
         check_choice("optimizer", owner, self.optimizer, ("sgd", "adam"))
+        check_choice("precision", owner, self.precision, ("auto", "fp32", "bf16"))
+        if self.channels_last not in (None, True, False):
+            raise param_error("channels_last", owner, "None (on CUDA), true or false", self.channels_last)
+        if not isinstance(self.compile, bool):
+            raise param_error("compile", owner, "true or false", self.compile)
+
+    def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
+        """bf16 when asked for, or by default on a CUDA device that supports it; None: fp32."""
+        if self.precision == "bf16":
+            return torch.bfloat16
+        if self.precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+
+    def use_channels_last(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.channels_last is None else self.channels_last
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -144,6 +165,19 @@ def fit(
             return augment(x), y
 
     model.to(device).train()
+    amp = cfg.autocast_dtype(device)
+    channels_last = cfg.use_channels_last(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    forward = torch.compile(model) if cfg.compile else model
+
+    def place(x: Tensor) -> Tensor:
+        x = x.to(device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
     for obj in objectives:
         obj.attach(model)
         obj.train(True)
@@ -163,40 +197,48 @@ def fit(
     try:
         for epoch in bar:
             order = labeled[torch.randperm(len(labeled), generator=generator)]
-            total = torch.zeros(())
+            total = torch.zeros((), device=device)  # summed on the device: no host sync per step
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 x, y = augment_pair(*fetch(dataset, idx))
-                x, y = x.to(device), y.to(device)
-                if consistency == "official":
-                    out, out2 = model.heads(x)
-                else:
-                    out = model(x)
+                x, y = place(x), y.to(device, non_blocking=True)
+                with autocast():
+                    if consistency == "official":
+                        out, out2 = model.heads(x)
+                    else:
+                        out = forward(x)
+                out = out.float()
                 loss = task.loss(out, y)  # Eq. 8
                 if objectives:
                     per_sample = task.per_sample_loss(out, y)
                     for obj in objectives:
-                        loss = loss + obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
+                        with autocast():  # hooked features may be bf16
+                            extra = obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
+                        loss = loss + extra.float()
                 if consistency is not None:
-                    xu = augment(fetch_inputs(dataset, unl.next())).to(device)
+                    xu = place(augment(fetch_inputs(dataset, unl.next())))
                     teacher.train(teacher_train_mode)
-                    with torch.no_grad():
-                        t_u = teacher(xu)
-                        t_l = teacher(x) if consistency == "official" else None
+                    with torch.no_grad(), autocast():
+                        t_u = teacher(xu).float()
+                        t_l = teacher(x).float() if consistency == "official" else None
                     if consistency == "eq7":
-                        loss = loss + lam * tod_consistency(model(xu), t_u, consistency_reduction)  # Eq. 9
+                        with autocast():
+                            su = forward(xu)
+                        loss = loss + lam * tod_consistency(su.float(), t_u, consistency_reduction)  # Eq. 9
                     else:
-                        u, u2 = model.heads(xu)
-                        loss = loss + lam * official_consistency([(out, out2), (u, u2)], [t_l, t_u])
+                        with autocast():
+                            u, u2 = model.heads(xu)
+                        loss = loss + lam * official_consistency([(out, out2.float()), (u.float(), u2.float())],
+                                                                 [t_l, t_u])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if ema is not None:
                     ema.update(model)
-                total += loss.detach().cpu()
+                total += loss.detach()
                 steps += 1
             sched.step()
-            epoch_loss = float(total) / steps_per_epoch
+            epoch_loss = float(total) / steps_per_epoch  # one host sync per epoch
             epoch_losses.append(epoch_loss)
             bar.set_postfix(loss=f"{epoch_loss:.3f}")
     finally:
