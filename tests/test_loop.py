@@ -442,3 +442,13 @@ def test_augmentation_is_an_explicit_argument_and_reaches_training(tmp_path):
         ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), workdir=tmp_path / "n", **base).run()
     with pytest.raises(TodalError, match="'augment' parameter of ActiveLoop must be None"):
         ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), augment="flip", **base)
+
+
+@pytest.mark.parametrize("kw, text", [
+    ({"epochs": 2, "train": {"epochs": 3}}, r"epochs is set twice \(epochs=2, train epochs=3\)"),
+    ({"lam": 0.1, "flavor_overrides": {"lam": 0.2}}, r"lam is set twice"),
+    ({"score_subset": 5, "flavor_overrides": {"score_subset": 6}}, r"score_subset is set twice"),
+])
+def test_a_value_set_in_two_places_is_refused(kw, text):
+    with pytest.raises(TodalError, match=text):
+        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=2, **kw)

@@ -261,6 +261,14 @@ class ActiveLoop:
         if unknown:
             raise TodalError(f"Unknown train option {unknown[0]!r}; valid: {', '.join(TrainConfig.__dataclass_fields__)}.")
         tc = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
+        given = train.to_dict() if isinstance(train, TrainConfig) else dict(train or {})
+        if epochs is not None and "epochs" in given and given["epochs"] != epochs:
+            raise TodalError(f"epochs is set twice (epochs={epochs}, train epochs={given['epochs']}); set it in one "
+                             "place.")
+        for key, value in (("lam", lam), ("score_subset", score_subset)):
+            if value is not None and key in (flavor_overrides or {}) and flavor_overrides[key] != value:
+                raise TodalError(f"{key} is set twice ({key}={value}, flavor_overrides {key}={flavor_overrides[key]}); "
+                                 "set it in one place.")
         if epochs is not None:
             tc = TrainConfig(**{**tc.to_dict(), "epochs": epochs})
         dataset_name = getattr(train_set, "name", "") or type(train_set).__name__

@@ -237,9 +237,19 @@ class Strategy(abc.ABC):
         chosen = torch.as_tensor(self._select(ctx, k), dtype=torch.long).flatten()
         unl = torch.zeros(len(ctx.dataset), dtype=torch.bool)
         unl[ctx.unlabeled] = True
-        if len(chosen) != k or len(chosen.unique()) != k or not bool(unl[chosen].all()):
-            raise RuntimeError(f"strategy {self.name!r} broke its contract: it must return {k} distinct "
-                               f"unlabeled indices, returned {len(chosen)}")
+        problem = None
+        if len(chosen) != k:
+            problem = f"returned {len(chosen)} indices"
+        elif len(chosen.unique()) != k:
+            problem = f"returned {k - len(chosen.unique())} repeated indices"
+        elif bool(((chosen < 0) | (chosen >= len(unl))).any()):
+            problem = f"returned index {int(chosen[(chosen < 0) | (chosen >= len(unl))][0])}, outside the dataset"
+        elif not bool(unl[chosen].all()):
+            problem = f"returned index {int(chosen[~unl[chosen]][0])}, which is already labeled"
+        if problem:
+            raise RuntimeError(f"strategy {self.name!r} broke its contract: it must return {k} distinct unlabeled "
+                               f"indices (from ctx.unlabeled or ctx.candidates) and {problem}; "
+                               "todal.testing.check_strategy finds such bugs.")
         return chosen
 
     @abc.abstractmethod
