@@ -145,7 +145,7 @@ def test_consistency_reduction_mean_weighs_eq7_c_times_less(tmp_path, monkeypatc
     real = todal.loop.fit
 
     def spy(*args, **kw):
-        seen.append(kw["consistency_reduction"])
+        seen.append(kw["consistency"].reduction)
         return real(*args, **kw)
 
     monkeypatch.setattr(todal.loop, "fit", spy)

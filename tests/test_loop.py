@@ -249,10 +249,11 @@ def test_cyclic_consistency_targets_the_previous_cycles_model(tmp_path, monkeypa
     targets = []
     real_fit = loop_module.fit
 
-    def spy(model, *a, teacher=None, consistency=None, **kw):
-        targets.append((consistency, None if teacher is None else
+    def spy(model, *a, consistency=None, **kw):
+        teacher = None if consistency is None else consistency.teacher
+        targets.append((None if consistency is None else type(consistency).__name__, None if teacher is None else
                         [p.detach().clone() for p in teacher.parameters()], [p.detach().clone() for p in model.parameters()]))
-        return real_fit(model, *a, teacher=teacher, consistency=consistency, **kw)
+        return real_fit(model, *a, consistency=consistency, **kw)
 
     monkeypatch.setattr(loop_module, "fit", spy)
     cyc = make(tmp_path / "cyclic", flavor_overrides={"consistency": "cyclic"}).run()
@@ -260,7 +261,7 @@ def test_cyclic_consistency_targets_the_previous_cycles_model(tmp_path, monkeypa
     assert strip(cyc)[0] == strip(sup)[0]  # the first cycle is the task loss alone
     assert targets[0][0] is None and targets[0][1] is None
     for consistency, teacher, start in targets[1:3]:
-        assert consistency == "eq7"
+        assert consistency == "Eq7Consistency"
         assert all(torch.equal(a, b) for a, b in zip(teacher, start))  # target = where this cycle starts
     assert strip(cyc)[1] != strip(sup)[1]
     with pytest.raises(TodalError, match="consistency"):
@@ -380,17 +381,21 @@ def test_the_class_count_comes_from_labels_never_from_inputs(tmp_path):
                       initial=np.int64(20), budget=np.int64(10), cycles=np.int64(2), seed=np.int64(3), epochs=1)
     assert loop.num_classes == 4 and loop.config.cycles == 2 and isinstance(loop.config.seed, int)
 
+    reads = []
+
     class Lazy(Dataset):
         def __len__(self):
             return 60
 
         def __getitem__(self, i):
-            raise AssertionError("the constructor read an input")
+            reads.append(i)
+            return torch.zeros(8), 0
 
     with pytest.raises(TodalError, match=r"Lazy has no num_classes .* pass ActiveLoop\(\.\.\., num_classes=C\)"):
         ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10, cycles=2)
     assert ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10, cycles=2,
                       num_classes=4).num_classes == 4
+    assert len(reads) <= 2  # the up-front probe of the model reads two samples, nothing more
     with pytest.raises(TodalError, match=r"labels are floats .* convert them with \.long\(\)"):
         ActiveLoop(lambda: torch.nn.Linear(8, 4), TensorDataset(x, y.float()), TensorDataset(x, y), strategy="random",
                    initial=20, budget=10, cycles=2)

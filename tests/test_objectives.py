@@ -36,3 +36,40 @@ def test_official_consistency_by_hand():
     main, second, teacher = torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     # mse(main, second) = 1; mse(second, teacher) = (0 + 4) / 2 = 2
     assert official_consistency([(main, second)], [teacher]).item() == pytest.approx(3.0)
+
+
+def test_a_users_own_consistency_objective_trains_through_fit():
+    from tinydata import blobs, mlp
+    from todal.ema import EMA
+    from todal.objectives import Consistency, Eq7Consistency
+    from todal.tasks import Classification
+    from todal.train import TrainConfig, fit
+
+    calls = []
+
+    class KL(Consistency):
+        def unlabeled_loss(self, student, heads, teacher, x, state, xu):
+            calls.append(len(xu))
+            s, t = student(xu).log_softmax(1), teacher(xu).softmax(1)
+            return self.lam * torch.nn.functional.kl_div(s, t, reduction="batchmean")
+
+    data, cfg = blobs(80, 0), TrainConfig(epochs=2, batch_size=16, lr=0.05)
+
+    def run(make):
+        torch.manual_seed(0)
+        model = mlp()
+        ema = EMA(model)
+        fit(model, Classification(3), data, torch.arange(20), cfg=cfg, generator=torch.Generator().manual_seed(0),
+            unlabeled=torch.arange(20, 80), ema=ema, consistency=make(ema.model))
+        return model
+
+    kl = run(lambda t: KL(t, 1.0))
+    assert calls and set(calls) == {16}
+    eq7 = run(lambda t: Eq7Consistency(t, 1.0))
+    torch.manual_seed(0)
+    shortcut_model = mlp()
+    ema = EMA(shortcut_model)
+    fit(shortcut_model, Classification(3), data, torch.arange(20), cfg=cfg, generator=torch.Generator().manual_seed(0),
+        unlabeled=torch.arange(20, 80), ema=ema, consistency="eq7", lam=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(eq7.parameters(), shortcut_model.parameters()))  # the shortcut
+    assert not all(torch.equal(a, b) for a, b in zip(eq7.parameters(), kl.parameters()))

@@ -67,6 +67,20 @@ class Flavor:
     teacher_train_mode: bool
     score_augment: bool
 
+    def consistency_objective(self, ema_teacher, previous=None):
+        """The unsupervised loss of Eq. 9 this flavor trains with: Eq. 7 against the EMA teacher (summed or
+        averaged over outputs), the authors' two-head form, or the CyclicOD loss against the previous cycle's
+        model (`previous`; None in the first cycle: no unsupervised loss then)."""
+        from .objectives import Eq7Consistency, OfficialConsistency
+
+        if self.consistency == "cyclic":
+            return None if previous is None else Eq7Consistency(previous, self.lam, reduction=self.consistency_reduction,
+                                                                teacher_train_mode=self.teacher_train_mode)
+        if self.consistency == "official":
+            return OfficialConsistency(ema_teacher, self.lam, teacher_train_mode=self.teacher_train_mode)
+        return Eq7Consistency(ema_teacher, self.lam, reduction=self.consistency_reduction,
+                              teacher_train_mode=self.teacher_train_mode)
+
     def replace(self, **changes) -> Flavor:
         """This flavor with single choices changed; an unknown one is refused, naming the valid ones."""
         choices = [f.name for f in dataclasses.fields(self) if f.name != "name"]

@@ -576,18 +576,15 @@ class ActiveLoop:
         model, ema = self._restore(start)
         if self.config.reinit and c > 0:
             model.load_state_dict(self._new_model("reinit", c).state_dict())
-        semi = self.config.semi_supervised
-        consistency, teacher = (self.flavor.consistency if semi else None), None
-        if consistency == "cyclic":  # Fig. 10: the target is the model as the last cycle left it
-            consistency = "eq7" if c > 0 else None
-            if c > 0:
-                teacher = self._model_with(start["model"]).requires_grad_(False)
+        unsup = None
+        if self.config.semi_supervised:
+            # CyclicOD (Fig. 10): the target is the model as the last cycle left it (none in cycle 0)
+            previous = self._model_with(start["model"]).requires_grad_(False) if c > 0 else None
+            unsup = self.flavor.consistency_objective(ema.model if ema is not None else None, previous)
         with seeded(seed, "train", c):
             stats = fit(model, self.task, self.given(pool), pool.labeled, cfg=self.train_cfg,
-                        generator=generator(seed, "train", c), unlabeled=pool.unlabeled if consistency else None,
-                        ema=ema, consistency=consistency, teacher=teacher, lam=self.flavor.lam,
-                        consistency_reduction=self.flavor.consistency_reduction,
-                        teacher_train_mode=self.flavor.teacher_train_mode,
+                        generator=generator(seed, "train", c), unlabeled=pool.unlabeled if unsup else None,
+                        ema=ema, consistency=unsup,
                         objectives=self.strategy.objectives(), device=self.device, transform=self._augmentation(),
                         progress=f"cycle {c} train" if self.progress else None)
         torch_save(self._ckpt(f"cycle_{c}.pt"), {"model": model.state_dict(),

@@ -22,7 +22,10 @@ from tqdm.auto import tqdm
 from .ema import EMA
 from .errors import check_choice, param_error
 from .inference import Transform, fetch, fetch_inputs, train_transform
-from .objectives import Objective, official_consistency, tod_consistency
+from .objectives import Consistency, Eq7Consistency, Objective, OfficialConsistency
+
+# the string shortcuts of fit(consistency=...)
+CONSISTENCIES = {"eq7": Eq7Consistency, "official": OfficialConsistency}
 from .tasks import Task
 
 
@@ -107,7 +110,7 @@ def fit(
     generator: torch.Generator,
     unlabeled: Tensor | None = None,
     ema: EMA | None = None,
-    consistency: str | None = None,
+    consistency: Consistency | str | None = None,
     teacher: nn.Module | None = None,
     lam: float = 0.05,
     consistency_reduction: str = "sum",
@@ -125,9 +128,10 @@ def fit(
         data), that transform is used instead: on a labeled batch, image and mask together; on an
         unlabeled batch, the image only.
 
-    consistency: None (task loss only; the EMA, if given, still follows the model), "eq7"
-        (Eq. 7 on the unlabeled batch), or "official" (the authors' two-head MSE, needs
-        `model.heads(x)`); both need `unlabeled` and a teacher.
+    consistency: None (task loss only; the EMA, if given, still follows the model), a `Consistency`
+        objective (`Eq7Consistency`, `OfficialConsistency`, or your own), or the shortcuts "eq7" and
+        "official", built here from `teacher`/`ema`, `lam`, `consistency_reduction` and `teacher_train_mode`;
+        all need `unlabeled`.
     consistency_reduction: Eq. 7 summed ("sum", as printed) or averaged ("mean", the code) over the outputs.
     teacher: a fixed consistency target (the previous cycle's model: the CyclicOD loss of Fig. 10);
         default `ema.model`, the EMA teacher. The EMA, if given, still follows the model.
@@ -136,16 +140,23 @@ def fit(
     labeled = torch.as_tensor(labeled, dtype=torch.long)
     if len(labeled) == 0:
         raise param_error("labeled", "fit", "a non-empty set of indices", "[]")
-    if consistency is not None:
-        check_choice("consistency", "fit", consistency, ("eq7", "official"))
+    unsup: Consistency | None = None
+    if isinstance(consistency, Consistency):
+        unsup = consistency
+    elif consistency is not None:
+        check_choice("consistency", "fit", consistency, tuple(CONSISTENCIES))
         check_choice("consistency_reduction", "fit", consistency_reduction, ("sum", "mean"))
-        if (ema is None and teacher is None) or unlabeled is None or len(unlabeled) == 0:
+        if ema is None and teacher is None:
             raise param_error("consistency", "fit", "used with a teacher (ema= or teacher=) and a non-empty "
                               "unlabeled set", consistency, "Pass ema= and unlabeled=, or consistency=None.")
-        if consistency == "official" and not hasattr(model, "heads"):
-            raise param_error("consistency", "fit", "'eq7' for a model without a second head", consistency,
-                              "Wrap it, todal.models.SecondHead(model), or build a todal model with "
-                              "second_head=True for the official consistency.")
+        kwargs = {"reduction": consistency_reduction} if consistency == "eq7" else {}
+        unsup = CONSISTENCIES[consistency](teacher if teacher is not None else ema.model, lam,
+                                          teacher_train_mode=teacher_train_mode, **kwargs)
+    if unsup is not None:
+        if unlabeled is None or len(unlabeled) == 0:
+            raise param_error("consistency", "fit", "used with a teacher (ema= or teacher=) and a non-empty "
+                              "unlabeled set", type(unsup).__name__, "Pass ema= and unlabeled=, or consistency=None.")
+        unsup.check(model)
     pair = getattr(dataset, "train_pair_transform", None) if transform is None else None
     if pair is not None:
         # Dense labels: the image and its mask are cropped and flipped together. An unlabeled image
@@ -186,11 +197,22 @@ def fit(
     drop_epoch = int(round(cfg.lr_drop_at * cfg.epochs))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=cfg.lr_drop)
     steps_per_epoch = -(-len(labeled) // cfg.batch_size)
-    unl = _Cycler(unlabeled, cfg.unlabeled_batch_size or cfg.batch_size, generator) if consistency else None
-    if teacher is None and ema is not None:
-        teacher = ema.model
-    if teacher is not None:
-        teacher.to(device)
+    unl = _Cycler(unlabeled, cfg.unlabeled_batch_size or cfg.batch_size, generator) if unsup else None
+    if unsup is not None:
+        unsup.teacher.to(device)
+
+    def student(x: Tensor) -> Tensor:
+        with autocast():
+            return forward(x).float()
+
+    def heads(x: Tensor) -> tuple[Tensor, Tensor]:
+        with autocast():
+            a, b = model.heads(x)
+        return a.float(), b.float()
+
+    def teacher_out(x: Tensor) -> Tensor:
+        with torch.no_grad(), autocast():
+            return unsup.teacher(x).float()
 
     t0, steps, epoch_loss, epoch_losses = time.perf_counter(), 0, float("nan"), []
     bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")
@@ -202,12 +224,10 @@ def fit(
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
                 x, y = augment_pair(*fetch(dataset, idx))
                 x, y = place(x), y.to(device, non_blocking=True)
-                with autocast():
-                    if consistency == "official":
-                        out, out2 = model.heads(x)
-                    else:
-                        out = forward(x)
-                out = out.float()
+                if unsup is not None:
+                    out, state = unsup.labeled_forward(student, heads, x)
+                else:
+                    out = student(x)
                 loss = task.loss(out, y)  # Eq. 8
                 if objectives:
                     per_sample = task.per_sample_loss(out, y)
@@ -215,21 +235,10 @@ def fit(
                         with autocast():  # hooked features may be bf16
                             extra = obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
                         loss = loss + extra.float()
-                if consistency is not None:
+                if unsup is not None:
                     xu = place(augment(fetch_inputs(dataset, unl.next())))
-                    teacher.train(teacher_train_mode)
-                    with torch.no_grad(), autocast():
-                        t_u = teacher(xu).float()
-                        t_l = teacher(x).float() if consistency == "official" else None
-                    if consistency == "eq7":
-                        with autocast():
-                            su = forward(xu)
-                        loss = loss + lam * tod_consistency(su.float(), t_u, consistency_reduction)  # Eq. 9
-                    else:
-                        with autocast():
-                            u, u2 = model.heads(xu)
-                        loss = loss + lam * official_consistency([(out, out2.float()), (u.float(), u2.float())],
-                                                                 [t_l, t_u])
+                    unsup.teacher.train(unsup.teacher_train_mode)
+                    loss = loss + unsup.unlabeled_loss(student, heads, teacher_out, x, state, xu)  # Eq. 9
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
