@@ -12,6 +12,10 @@ import torch
 
 
 def _write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> None:
+    from . import distributed
+
+    if not distributed.is_main():  # in a data-parallel run rank 0 alone writes (todal/distributed.py)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import warnings
@@ -230,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     warnings.simplefilter("default")
+    from . import distributed
+
+    if distributed.init_from_env() and not distributed.is_main():  # torchrun: rank 0 alone prints
+        sys.stdout = open(os.devnull, "w")
     try:
         commands = {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies, "bench": bench_cli.run}
         if args.command in project_cli.COMMANDS:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from . import distributed
 from .atomic import torch_save, write_json, write_jsonl
 from .ema import EMA
 from .errors import TodalError, check_choice, param_error
@@ -139,7 +140,7 @@ class LoopConfig:
 # LoopConfig keys added after runs were already made: a saved config without one is not compared on it
 LATER_KEYS = ("model_arch", "augment")
 # TrainConfig fields added after runs were made, with the behaviour those runs had
-TRAIN_BEFORE_OPTIONS = {"precision": "auto", "channels_last": None, "compile": False}
+TRAIN_BEFORE_OPTIONS = {"precision": "auto", "channels_last": None, "compile": False, "sync_bn": False}
 
 
 def infer_num_classes(dataset) -> int:
@@ -293,7 +294,7 @@ class ActiveLoop:
             eval_batch_size = default_eval_batch_size(train_set, self.dense)
         if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
             raise param_error("eval_batch_size", owner, "an int >= 1 or None", eval_batch_size)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = distributed.device_for(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TodalError(f"device={str(device)!r} but this PyTorch sees no CUDA device; pass device='cpu' or "
                              "install a CUDA build of torch on a machine with a GPU.")
@@ -545,8 +546,11 @@ class ActiveLoop:
 
     def run(self) -> list[dict]:
         """Run (or resume) every cycle; returns one dict of metrics per cycle. A finished run given more
-        `cycles` continues from its last cycle's selection."""
+        `cycles` continues from its last cycle's selection. In a data-parallel run (todal/distributed.py)
+        every rank runs this; rank 0 writes, and all wait for it after every stage."""
+        distributed.barrier()
         pool = self._start()
+        distributed.barrier()
         while True:
             prog = self._read_json("progress.json")
             stage = prog["stage"]
@@ -556,6 +560,7 @@ class ActiveLoop:
             if stage == "done" and prog["cycle"] < self.config.cycles - 1:
                 last = next(r for r in self.records() if r["cycle"] == prog["cycle"])
                 write_json(self._path("progress.json"), {"cycle": prog["cycle"], "stage": "select", "pending": last})
+                distributed.barrier()
                 continue
             if stage == "done":
                 return self.records()
@@ -563,6 +568,7 @@ class ActiveLoop:
                 return self.records()  # a person has to label first
             elif stage != "reveal":
                 getattr(self, f"_{stage}")(pool, prog)
+            distributed.barrier()
 
     def _advance(self, prog: dict, stage: str, **pending) -> None:
         prog = {**prog, "stage": stage, "pending": {**prog["pending"], **pending}}
@@ -592,7 +598,8 @@ class ActiveLoop:
                                                  "strategy": self.strategy.state_dict()})
         if not self.keep_checkpoints:
             for old in (f"cycle_{c - 2}.pt", f"strategy_{c - 2}.pt"):  # COD needs one cycle back, no more
-                self._ckpt(old).unlink(missing_ok=True)
+                if distributed.is_main():
+                    self._ckpt(old).unlink(missing_ok=True)
         self._advance(prog, "evaluate", train_loss=stats["loss"], train_steps=stats["steps"],
                       train_time_s=round(stats["time_s"], 4),
                       train_epoch_losses=[round(v, 5) for v in stats["epoch_losses"]])

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .ema import EMA
-from .errors import check_choice, param_error
+from .errors import TodalError, check_choice, param_error
 from .inference import Transform, fetch, fetch_inputs, train_transform
 from .objectives import Consistency, Eq7Consistency, Objective, OfficialConsistency
 
@@ -45,6 +46,7 @@ class TrainConfig:
     precision: str = "auto"  # "auto": bf16 autocast on a CUDA device that has it, fp32 elsewhere; "fp32"; "bf16"
     channels_last: bool | None = None  # None: on CUDA for image batches [B, C, H, W]
     compile: bool = False  # torch.compile the model's forward for training
+    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the whole batch, not each rank's slice
 
     def __post_init__(self):
         owner = "TrainConfig"
@@ -82,6 +84,11 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _at_least(idx: Tensor, n: int) -> Tensor:
+    """`idx` repeated up to n items when shorter, so every rank's slice of a small last batch is non-empty."""
+    return idx if len(idx) >= n else idx.repeat(-(-n // len(idx)))[:n]
 
 
 class _Cycler:
@@ -180,7 +187,19 @@ def fit(
     channels_last = cfg.use_channels_last(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if cfg.compile else model
+    ddp = distributed.active()
+    if ddp:
+        if unsup is not None and isinstance(unsup, OfficialConsistency):
+            raise TodalError("The official two-head consistency does not run data-parallel yet (its second head "
+                             "bypasses DistributedDataParallel); use one process, or the eq7 consistency.")
+        if cfg.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        forward = model
+    if cfg.compile:
+        forward = torch.compile(forward)
+    extra_params = [p for obj in objectives for p in obj.parameters()]  # outside DDP: averaged by hand
 
     def place(x: Tensor) -> Tensor:
         x = x.to(device, non_blocking=True)
@@ -222,6 +241,8 @@ def fit(
             total = torch.zeros((), device=device)  # summed on the device: no host sync per step
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                if ddp:
+                    idx = distributed.shard(_at_least(idx, distributed.world_size()))
                 x, y = augment_pair(*fetch(dataset, idx))
                 x, y = place(x), y.to(device, non_blocking=True)
                 if unsup is not None:
@@ -236,18 +257,23 @@ def fit(
                             extra = obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
                         loss = loss + extra.float()
                 if unsup is not None:
-                    xu = place(augment(fetch_inputs(dataset, unl.next())))
+                    ui = unl.next()
+                    if ddp:
+                        ui = distributed.shard(_at_least(ui, distributed.world_size()))
+                    xu = place(augment(fetch_inputs(dataset, ui)))
                     unsup.teacher.train(unsup.teacher_train_mode)
                     loss = loss + unsup.unlabeled_loss(student, heads, teacher_out, x, state, xu)  # Eq. 9
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if ddp and extra_params:
+                    distributed.average_gradients(extra_params)
                 opt.step()
                 if ema is not None:
                     ema.update(model)
                 total += loss.detach()
                 steps += 1
             sched.step()
-            epoch_loss = float(total) / steps_per_epoch  # one host sync per epoch
+            epoch_loss = distributed.mean(float(total) / steps_per_epoch)  # one host sync per epoch
             epoch_losses.append(epoch_loss)
             bar.set_postfix(loss=f"{epoch_loss:.3f}")
     finally:

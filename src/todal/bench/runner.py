@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .. import strategies
+from .. import distributed
 from ..errors import TodalError
 from ..flavor import FLAVORS
 from ..loop import ActiveLoop
@@ -185,15 +186,21 @@ def run_all(p: Protocol, methods: list[Method], train_set, test_set, out: Path, 
             loop = make_loop(p, m, trial, train_set, test_set, out, device, progress)
             name = f"{m.slug}-trial{trial}"
             lock = None
-            if not is_done(loop.workdir):
-                lock = RunLock(out, name)
-                if not lock.acquire(wait):
-                    lock.release()
+            # torchrun: all ranks train each run together, in the same order; rank 0 decides on the lock
+            together = distributed.active()
+            if not distributed.broadcast(is_done(loop.workdir)):
+                lock = RunLock(out, name) if distributed.is_main() else None
+                got = lock.acquire(wait) if lock is not None else None
+                if together:
+                    got = distributed.broadcast(got)
+                if not got:
+                    if lock is not None:
+                        lock.release()
                     log(f"== {name}: another process is running it; later")
                     held.append((trial, m))
                     continue
             try:
-                done = is_done(loop.workdir)  # another process may have finished it meanwhile
+                done = distributed.broadcast(is_done(loop.workdir))  # another process may have finished it meanwhile
                 if not done:
                     log(f"== {name}")
                 results[m.label][trial] = loop.run()

@@ -318,6 +318,11 @@ class Project:
 
         Returns the step's metrics. Run again after a crash: the step resumes from where it stopped.
         """
+        from .. import distributed
+
+        if distributed.active():
+            raise TodalError("todal step runs in one process (its label database has one writer); run it without "
+                             "torchrun, on one device.")
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
             raise param_error("budget", "todal step", "an int >= 1", budget)
         strat = get_strategy(strategy, **(options or {}))

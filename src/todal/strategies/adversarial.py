@@ -211,6 +211,8 @@ class _Adversarial(ScoreStrategy):
         lr: Adam learning rate of both networks (authors: 5e-4).
     """
 
+    shardable = False  # trains its own selector on every feature: rank 0 alone in data-parallel runs
+
     reference = "Sinha, Ebrahimi, Darrell, Variational Adversarial Active Learning, ICCV 2019"
     vae_steps: ClassVar[int] = 2
     adv_steps: ClassVar[int] = 1

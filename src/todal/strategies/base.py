@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TodalError, param_error
+from .. import distributed
 from ..flavor import Flavor, flavor_for
 from ..inference import Transform, chunks, eval_mode, fetch, test_transform, train_transform
 from ..pool import clip_budget
@@ -215,6 +216,7 @@ class Strategy(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""
+    shardable: ClassVar[bool] = False  # data-parallel runs: each rank scores a slice (score strategies)
     needs_ema: ClassVar[bool] = False
     needs_previous: ClassVar[bool] = False
 
@@ -234,7 +236,13 @@ class Strategy(abc.ABC):
         k = clip_budget(budget, len(ctx.unlabeled), f"strategy {self.name!r}")
         if k == 0:
             return torch.empty(0, dtype=torch.long)
-        chosen = torch.as_tensor(self._select(ctx, k), dtype=torch.long).flatten()
+        if distributed.active() and not self.shardable:
+            # needs every feature at once: rank 0 selects, the others take its picks (todal/distributed.py)
+            chosen = self._select(ctx, k) if distributed.is_main() else None
+            chosen = distributed.broadcast(None if chosen is None else torch.as_tensor(chosen).cpu())
+        else:
+            chosen = self._select(ctx, k)
+        chosen = torch.as_tensor(chosen, dtype=torch.long).flatten()
         unl = torch.zeros(len(ctx.dataset), dtype=torch.bool)
         unl[ctx.unlabeled] = True
         problem = None
@@ -270,6 +278,7 @@ class ScoreStrategy(Strategy):
     """
 
     last_scores_: tuple[Tensor, Tensor] | None = None
+    shardable: ClassVar[bool] = True
 
     @abc.abstractmethod
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
@@ -286,7 +295,12 @@ class ScoreStrategy(Strategy):
 
     def _select(self, ctx: Context, k: int) -> Tensor:
         cand = ctx.pool_for(k)
-        scores, tiebreak = self.score_with_tiebreak(ctx, cand)
+        if distributed.active():  # each rank scores its slice; all gather the scores, all take the same top-k
+            scores, tiebreak = self.score_with_tiebreak(ctx, distributed.shard(cand))
+            scores = distributed.unshard(scores.float(), len(cand))
+            tiebreak = None if tiebreak is None else distributed.unshard(tiebreak.float(), len(cand))
+        else:
+            scores, tiebreak = self.score_with_tiebreak(ctx, cand)
         self.last_scores_ = (cand, scores)  # what the selection saw, for queues that show each pick's score
         if tiebreak is None:
             return cand[top_k(scores, k, largest=not self.ascending(ctx))]

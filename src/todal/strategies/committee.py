@@ -87,6 +87,8 @@ class QBC(ScoreStrategy):
     small committee) go to the higher consensus KL.
     """
 
+    shardable = False  # trains its own selector on every feature: rank 0 alone in data-parallel runs
+
     name = "qbc"
     description = "largest disagreement among a committee of models (vote entropy or consensus KL)"
     reference = ("Kuo et al., Cost-Sensitive Active Learning for Intracranial Hemorrhage Detection, MICCAI 2018; "

@@ -1,0 +1,117 @@
+"""Data-parallel runs through torch.distributed: `torchrun --nproc-per-node N -m todal run ...`.
+
+One process per device (gloo on CPU, nccl on GPU). Every rank runs the same loop on the same seeds, so
+every rank holds the same pool, the same order of batches and the same selections:
+
+- training (`fit`): each rank takes its slice of every labeled and unlabeled batch of the shared seeded
+  order; DistributedDataParallel averages the gradients, so the parameters, and the EMA teacher that
+  follows them, stay identical on every rank. BatchNorm uses each rank's slice (`TrainConfig.sync_bn`:
+  statistics over the whole batch).
+- scoring (`ScoreStrategy`): each rank scores its slice of the candidates; the scores are gathered and
+  every rank takes the same top-k. Strategies that need all features at once (coreset, BADGE, the
+  GCNs, VAAL and the other trained selectors) run on rank 0 alone, which then sends its picks: their
+  memory is then one process's, as in a one-process run.
+- files: rank 0 alone writes (every `todal.atomic` write is a no-op on the others); the loop waits for
+  it at the end of every stage, so a crash of any rank resumes like a one-process run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    """True inside an initialized process group of more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR in the environment); no-op
+    otherwise. gloo on CPU, nccl when CUDA is present (each rank on its LOCAL_RANK's device)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return active()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return active()
+
+
+def device_for(default: torch.device) -> torch.device:
+    """A CUDA rank's own device (cuda:LOCAL_RANK); anything else unchanged."""
+    if active() and default.type == "cuda" and default.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank())))
+    return default
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
+def shard(indices: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of a batch or a candidate list (every rank holds the same `indices`)."""
+    return indices[rank()::world_size()] if active() else indices
+
+
+def unshard(local: torch.Tensor, n: int) -> torch.Tensor:
+    """The inverse of `shard`: every rank's slice gathered back into the order of the `n` original items."""
+    if not active():
+        return local
+    size = world_size()
+    width = -(-n // size)
+    backend_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros((width, *local.shape[1:]), dtype=local.dtype, device=backend_device)
+    padded[: len(local)] = local.to(backend_device)
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    out = torch.empty((n, *local.shape[1:]), dtype=local.dtype, device=backend_device)
+    for r, part in enumerate(parts):
+        count = len(range(r, n, size))
+        out[r::size] = part[:count]
+    return out.to(local.device)
+
+
+def broadcast(obj):
+    """Rank 0's `obj` on every rank (any picklable object)."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean(value: float) -> float:
+    """The mean of a number over the ranks."""
+    if not active():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item()) / world_size()
+
+
+def average_gradients(params) -> None:
+    """All-reduce and average the gradients of parameters DDP does not manage (an objective's own module)."""
+    if not active():
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()

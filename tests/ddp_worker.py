@@ -1,0 +1,76 @@
+"""A data-parallel ActiveLoop on localhost with gloo, for tests/test_distributed.py (run as a script).
+
+    python tests/ddp_worker.py WORKDIR STRATEGY WORLD [--crash-rank R --crash-cycle C]
+
+WORLD processes (1: no process group) run the same ActiveLoop on WORKDIR; rank 0 writes the records
+to WORKDIR/out.json. With --crash-rank, that rank dies (os._exit) when training of cycle C starts.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tinydata import blobs, mlp  # noqa: E402
+
+import todal.loop  # noqa: E402
+from todal import ActiveLoop  # noqa: E402
+
+
+def make(workdir: str, strategy: str) -> ActiveLoop:
+    return ActiveLoop(mlp, blobs(200, 0), blobs(60, 1), strategy=strategy, semi_supervised=True, initial=20, budget=10,
+                      cycles=3, epochs=3, train={"batch_size": 16, "lr": 0.05}, workdir=workdir, seed=0)
+
+
+def worker(rank: int, world: int, port: int, args) -> None:
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=20))
+    if args.crash_rank == rank:
+        real = todal.loop.fit
+
+        def dying(*a, **kw):
+            if "cycle 1" in str(kw.get("progress")) or _cycle(args.workdir) == args.crash_cycle:
+                os._exit(3)
+            return real(*a, **kw)
+
+        todal.loop.fit = dying
+    records = make(args.workdir, args.strategy).run()
+    if rank == 0:
+        Path(args.workdir, "out.json").write_text(json.dumps(records))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _cycle(workdir: str) -> int:
+    return json.loads(Path(workdir, "progress.json").read_text())["cycle"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workdir")
+    ap.add_argument("strategy")
+    ap.add_argument("world", type=int)
+    ap.add_argument("--crash-rank", type=int, default=None)
+    ap.add_argument("--crash-cycle", type=int, default=1)
+    args = ap.parse_args()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    if args.world == 1:
+        worker(0, 1, 0, args)
+    else:
+        mp.spawn(worker, args=(args.world, free_port(), args), nprocs=args.world)
