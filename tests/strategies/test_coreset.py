@@ -104,3 +104,21 @@ def test_coreset_option_is_validated():
         strategies.get("coreset", chunk_size=0)
     with pytest.raises(ValueError, match="'chunk' parameter of strategy 'coreset'"):
         strategies.get("coreset", chunk=10)
+
+
+@pytest.mark.parametrize("name", ["coreset", "badge"])
+def test_feature_memory_is_bounded_and_the_error_names_the_option(name):
+    from tinydata import blobs, mlp
+    from todal import select, strategies
+    from todal.errors import TodalError
+
+    data, labeled, model = blobs(400, 0), list(range(20)), mlp()
+    # 380 candidates x 16 features x 4 bytes = 24 KB (coreset: + 20 labeled rows) over a 10 KB bound
+    with pytest.raises(TodalError, match=rf"Strategy '{name}' would hold .* over max_memory_gb=1e-05; pass the "
+                                         r"strategy option subset=\d+"):
+        select(name, model, data, 5, labeled=labeled, max_memory_gb=1e-5)
+    picked = select(name, model, data, 5, labeled=labeled, max_memory_gb=1e-5, subset=50)
+    assert len(picked) == 5 and min(picked.tolist()) >= 20
+    again = select(name, model, data, 5, labeled=labeled, max_memory_gb=1e-5, subset=50)
+    assert picked.tolist() == again.tolist()  # the subset is drawn from the seeded generator
+    assert strategies.get(name).subset is None  # the default keeps every candidate, as the paper

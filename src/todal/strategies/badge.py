@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError
+from ..errors import TodalError, param_error
 from ..inference import eval_mode
 from ..models import check_head, head_of
 from . import register
-from .base import Context, Strategy
+from .base import Context, Strategy, bounded, feature_dim
 
 
 def gradient_factors(probs: Tensor) -> Tensor:
@@ -106,8 +106,18 @@ class BADGE(Strategy):
     read in the same pass as the outputs), p the softmax of the outputs. Follows the
     authors' code (JordanAsh/badge): hallucinated label argmax p, first center the largest
     gradient norm, then D² sampling (their `init_centers`); the randomness is `ctx.generator`.
-    Classification outputs `[N, C]` only. No options.
+    Classification outputs `[N, C]` only. The gradient embeddings stay factored (h and p - onehot, never
+    their D·C outer products), so memory is the candidates' features. Options: `subset`, a seeded random
+    subset of this many candidates (None: all); `max_memory_gb`: refuse, naming `subset`, past it (8).
     """
+
+    def __init__(self, subset: int | None = None, max_memory_gb: float = 8.0):
+        super().__init__()
+        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+            raise param_error("subset", f"strategy {self.name!r}", "an int >= 1 or None (every candidate)", subset)
+        if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
+            raise param_error("max_memory_gb", f"strategy {self.name!r}", "a number > 0", max_memory_gb)
+        self.subset, self.max_memory_gb = subset, float(max_memory_gb)
 
     name = "badge"
     description = "k-means++ seeding on last-layer gradient embeddings: uncertain and diverse (BADGE)"
@@ -115,7 +125,9 @@ class BADGE(Strategy):
                  "Uncertain Gradient Lower Bounds, ICLR 2020")
 
     def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.pool_for(k)
+        c = getattr(ctx.task, "num_classes", 0) or 0
+        cand = bounded(ctx, ctx.pool_for(k), k, name=self.name, subset=self.subset,
+                       bytes_per_item=4 * (feature_dim(ctx) + 2 * c), max_memory_gb=self.max_memory_gb)
         out, h = outputs_and_features(ctx, ctx.model, cand, "badge embeddings")
         if out.dim() != 2:
             raise TodalError(f"Strategy 'badge' needs [N, C] class outputs; the model returned "

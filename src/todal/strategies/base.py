@@ -201,6 +201,34 @@ def top_k_with_tiebreak(primary: Tensor, secondary: Tensor, k: int) -> Tensor:
     return by_secondary[top_k(primary[by_secondary], k)]
 
 
+def feature_dim(ctx: Context) -> int:
+    """D of the penultimate features `ctx.embeddings` gives, from the classifier or one sample."""
+    from ..models import head_of
+
+    if not hasattr(ctx.model, "embed"):
+        try:
+            return head_of(ctx.model).in_features
+        except TodalError:
+            pass
+    return int(ctx.embeddings(ctx.unlabeled[:1]).shape[1])
+
+
+def bounded(ctx: Context, cand: Tensor, k: int, *, name: str, subset: int | None, bytes_per_item: int,
+            max_memory_gb: float, extra_items: int = 0) -> Tensor:
+    """The candidates a feature-set strategy holds at once: a seeded random `subset` of them when given,
+    refused with a one-line error when their features would pass `max_memory_gb`."""
+    if subset is not None and len(cand) > max(subset, k):
+        pick = torch.randperm(len(cand), generator=ctx.generator)[: max(subset, k)]
+        cand = cand[pick.sort().values]
+    need = (len(cand) + extra_items) * bytes_per_item
+    if need > max_memory_gb * 2**30:
+        fit = max(k, int(max_memory_gb * 2**30 // bytes_per_item) - extra_items)
+        raise TodalError(f"Strategy {name!r} would hold {need / 2**30:.1f} GiB of features for {len(cand):,} candidates, "
+                         f"over max_memory_gb={max_memory_gb:g}; pass the strategy option subset={fit:,} (a random "
+                         "subset of the candidates) or raise max_memory_gb.")
+    return cand
+
+
 def per_sample_mean(per_elem: Tensor) -> Tensor:
     """`[N]` stays; `[N, *S]` (per-pixel values) -> the mean over S per sample."""
     return per_elem if per_elem.dim() == 1 else per_elem.flatten(1).mean(1)

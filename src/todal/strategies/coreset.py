@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..errors import TodalError, param_error
 from . import register
-from .base import Context, Strategy
+from .base import Context, Strategy, bounded, feature_dim
 
 # Centers handled per block when the min-distance vector is first built: the temporary distance
 # block is (chunk_size, _CENTER_BLOCK), whatever the number of labeled points.
@@ -99,21 +99,28 @@ class CoreSet(Strategy):
     the official flavor scores, as the CoreSet baseline of Caramalau et al.'s code scores labeled +
     10,000 unlabeled) are embedded with the task model; the k picks are the greedy k-center
     solution (Sener & Savarese's Alg. 1; their robust MIP refinement is not run, as in the
-    reference implementations). Options: `chunk_size` rows per distance block (memory only).
+    reference implementations). Options: `chunk_size` rows per distance block (memory only); `subset`: a
+    seeded random subset of this many candidates (None: all, the paper); `max_memory_gb`: refuse, naming
+    `subset`, when the features of the labeled set and the candidates would pass it (default 8).
     """
 
     name = "coreset"
     description = "greedy k-center cover of the pool in feature space (Core-set)"
     reference = "Sener & Savarese, Active Learning for Convolutional Neural Networks: A Core-Set Approach, ICLR 2018"
 
-    def __init__(self, chunk_size: int = 4096):
+    def __init__(self, chunk_size: int = 4096, subset: int | None = None, max_memory_gb: float = 8.0):
         super().__init__()
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise param_error("chunk_size", f"strategy {self.name!r}", "an int >= 1", chunk_size)
-        self.chunk_size = chunk_size
+        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+            raise param_error("subset", f"strategy {self.name!r}", "an int >= 1 or None (every candidate)", subset)
+        if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
+            raise param_error("max_memory_gb", f"strategy {self.name!r}", "a number > 0", max_memory_gb)
+        self.chunk_size, self.subset, self.max_memory_gb = chunk_size, subset, float(max_memory_gb)
 
     def _select(self, ctx: Context, k: int) -> Tensor:
-        cand = ctx.pool_for(k)
+        cand = bounded(ctx, ctx.pool_for(k), k, name=self.name, subset=self.subset, extra_items=len(ctx.labeled),
+                       bytes_per_item=4 * feature_dim(ctx), max_memory_gb=self.max_memory_gb)
         feats = ctx.embeddings(torch.cat([ctx.labeled, cand]), desc=f"embedding for {self.name}")
         if feats.dim() != 2:
             raise TodalError(f"Strategy {self.name!r} needs [N, D] features; the model's embed() returned "
