@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from . import distributed
 from .atomic import torch_save, write_json, write_jsonl
 from .ema import EMA
-from .errors import TodalError, check_choice, param_error
+from .errors import TodalError, check_choice, check_int, param_error
 from .flavor import FLAVOR_BEFORE_CHOICES, Flavor, flavor_for
 from .inference import chunks, fetch
 from .labeled import PoolLabels
@@ -228,8 +228,7 @@ class ActiveLoop:
         n = len(train_set)
         if n < 2:
             raise param_error("train_set", owner, "a dataset of at least 2 samples", f"{n} samples")
-        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
-            raise param_error("cycles", owner, "an int >= 1", cycles)
+        cycles = check_int("cycles", owner, cycles, lo=1)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise param_error("seed", owner, "an int", seed)
         if not 0 <= ema_decay < 1:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .discrepancy import model_device
-from .errors import TodalError, param_error
+from .errors import TodalError, check_int, param_error
 from .flavor import flavor_for
 from .inference import fetch
 from .strategies import Context, Strategy
@@ -75,8 +75,7 @@ def select(strategy: str | Strategy, model: nn.Module, dataset, k: int, *, label
         raise param_error("strategy", "select", "a strategy name or a todal Strategy", type(strategy).__name__)
     if not isinstance(model, nn.Module):
         raise param_error("model", "select", "a torch.nn.Module", type(model).__name__)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise param_error("k", "select", "an int >= 1", k)
+    k = check_int("k", "select", k, lo=1)
     n = len(dataset)
     labeled = as_indices(labeled, "labeled", n)
     if unlabeled is None:

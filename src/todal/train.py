@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .ema import EMA
-from .errors import TodalError, check_choice, param_error
+from .errors import TodalError, check_choice, check_int, param_error
 from .inference import Transform, fetch, fetch_inputs, train_transform
 from .objectives import Consistency, Eq7Consistency, Objective, OfficialConsistency
 
@@ -51,9 +51,7 @@ class TrainConfig:
     def __post_init__(self):
         owner = "TrainConfig"
         for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise param_error(name, owner, "an int >= 1", v)
+            setattr(self, name, check_int(name, owner, getattr(self, name), lo=1))
         if not self.lr > 0:
             raise param_error("lr", owner, "a float > 0", self.lr)
         if not 0 < self.lr_drop_at <= 1:

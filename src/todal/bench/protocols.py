@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import TodalError, check_choice, param_error
+from ..errors import TodalError, check_choice, check_int, param_error
 from ..flavor import FLAVORS
 
 
@@ -202,8 +202,7 @@ def _coerce(key: str, text: str, default):
             raise param_error(key, owner, "true or false", value)
         return value
     if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise param_error(key, owner, "an int >= 1", value)
+        value = check_int(key, owner, value, lo=1)
         return value
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, param_error
 
 _OWNER = "ArrayDataset"
 
@@ -92,11 +92,9 @@ class ArrayDataset:
             raise param_error("y", _OWNER, "integer class labels", str(y.dtype), "Convert it with y.long().")
         if len(x) != len(y):
             raise TodalError(f"x has {len(x)} samples but y has {len(y)}; give one label per image.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-            raise param_error("num_classes", _OWNER, "an int >= 1", num_classes)
+        num_classes = check_int("num_classes", _OWNER, num_classes, lo=1)
         num_classes = int(num_classes)
-        if isinstance(crop_padding, bool) or not isinstance(crop_padding, (int, np.integer)) or crop_padding < 0:
-            raise param_error("crop_padding", _OWNER, "an int >= 0", crop_padding)
+        crop_padding = check_int("crop_padding", _OWNER, crop_padding, lo=0)
         if not isinstance(hflip, (bool, np.bool_)):
             raise param_error("hflip", _OWNER, "a bool", hflip)
         if x.is_floating_point():

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, param_error
 from . import _paths
 from .scenes import PairAugment, SegmentationData
 
@@ -90,8 +90,7 @@ class CityscapesDataset(SegmentationData):
                  mean=MEAN, std=STD, name: str = "cityscapes"):
         if len(images) != len(labels):
             raise TodalError(f"CityscapesDataset got {len(images)} images but {len(labels)} label maps; pair them.")
-        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
-            raise param_error("downsample", "read_cityscapes", "an int >= 1", downsample)
+        downsample = check_int("downsample", "read_cityscapes", downsample, lo=1)
         self.images, self.labels = [Path(p) for p in images], [Path(p) for p in labels]
         self.split, self.downsample, self.name = split, downsample, name
         self.num_classes, self.in_channels, self.classes = 19, 3, list(CLASSES)

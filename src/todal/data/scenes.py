@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, param_error
 from .transforms import normalize
 
 ITEM = 28  # Fashion-MNIST items are 28x28
@@ -50,8 +50,7 @@ class PairAugment:
             crop = (crop, crop) if isinstance(crop, int) and not isinstance(crop, bool) else tuple(crop)
             if len(crop) != 2 or not all(isinstance(v, int) and v > 0 for v in crop):
                 raise param_error("crop", "PairAugment", "a positive int, (height, width) or None", crop)
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise param_error("padding", "PairAugment", "an int >= 0", padding)
+        padding = check_int("padding", "PairAugment", padding, lo=0)
         if not isinstance(hflip, bool):
             raise param_error("hflip", "PairAugment", "a bool", hflip)
         self.crop, self.padding, self.hflip = crop, padding, hflip

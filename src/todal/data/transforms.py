@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, param_error
 
 BatchFn = Callable[..., Tensor]
 
@@ -53,8 +53,7 @@ class BatchAugment:
     """
 
     def __init__(self, crop_padding: int = 0, hflip: bool = False):
-        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
-            raise param_error("crop_padding", "BatchAugment", "an int >= 0", crop_padding)
+        crop_padding = check_int("crop_padding", "BatchAugment", crop_padding, lo=0)
         if not isinstance(hflip, bool):
             raise param_error("hflip", "BatchAugment", "a bool", hflip)
         self.crop_padding, self.hflip = crop_padding, hflip

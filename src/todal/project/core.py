@@ -36,7 +36,7 @@ from torch import nn
 from .. import models
 from ..atomic import torch_save, write_with
 from ..ema import EMA
-from ..errors import TodalError, check_choice, param_error
+from ..errors import TodalError, check_choice, check_int, param_error
 from ..flavor import flavor_for
 from ..inference import predict
 from ..labeled import PoolLabels
@@ -139,8 +139,7 @@ class Project:
                 raise param_error("size", "todal init", "an int in [4, 1024] (pixels)", size)
             if not 0 < holdout < 1:
                 raise param_error("holdout", "todal init", "a float in (0, 1)", holdout)
-            if isinstance(seed_batch, bool) or not isinstance(seed_batch, int) or seed_batch < 1:
-                raise param_error("seed_batch", "todal init", "an int >= 1", seed_batch)
+            seed_batch = check_int("seed_batch", "todal init", seed_batch, lo=1)
             if model not in models.names():
                 raise TodalError(f"Unknown model {model!r}. Valid: {', '.join(models.names())}.")
             TrainConfig(**{**DEFAULT_TRAIN, **(train or {})})  # refuses bad settings before anything is written
@@ -323,8 +322,7 @@ class Project:
         if distributed.active():
             raise TodalError("todal step runs in one process (its label database has one writer); run it without "
                              "torchrun, on one device.")
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise param_error("budget", "todal step", "an int >= 1", budget)
+        budget = check_int("budget", "todal step", budget, lo=1)
         strat = get_strategy(strategy, **(options or {}))
         train = {**self.meta["train"], **({"epochs": epochs} if epochs is not None else {})}
         config = {"strategy": strategy, "options": dict(options or {}), "budget": budget, "semi": bool(semi),

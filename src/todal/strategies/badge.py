@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, check_number, param_error
 from ..inference import eval_mode
 from ..models import check_head, head_of
 from . import register
@@ -113,11 +113,10 @@ class BADGE(Strategy):
 
     def __init__(self, subset: int | None = None, max_memory_gb: float = 8.0):
         super().__init__()
-        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
-            raise param_error("subset", f"strategy {self.name!r}", "an int >= 1 or None (every candidate)", subset)
-        if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
-            raise param_error("max_memory_gb", f"strategy {self.name!r}", "a number > 0", max_memory_gb)
-        self.subset, self.max_memory_gb = subset, float(max_memory_gb)
+        subset = check_int("subset", f"strategy {self.name!r}", subset, lo=1, optional=True,
+                           expected="an int >= 1 or None (every candidate)")
+        max_memory_gb = check_number("max_memory_gb", f"strategy {self.name!r}", max_memory_gb, lo=0, lo_open=True)
+        self.subset, self.max_memory_gb = subset, max_memory_gb
 
     name = "badge"
     description = "k-means++ seeding on last-layer gradient embeddings: uncertain and diverse (BADGE)"

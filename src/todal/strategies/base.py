@@ -11,7 +11,7 @@ from typing import Callable, ClassVar, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, param_error
 from .. import distributed
 from ..flavor import Flavor, flavor_for
 from ..inference import Transform, chunks, eval_mode, fetch, test_transform, train_transform
@@ -259,8 +259,7 @@ class Strategy(abc.ABC):
 
     def select(self, ctx: Context, budget: int) -> Tensor:
         """`budget` distinct unlabeled indices (all that are left, with a warning, when fewer)."""
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
-            raise param_error("budget", f"strategy {self.name!r}", "an int >= 1", budget)
+        budget = check_int("budget", f"strategy {self.name!r}", budget, lo=1)
         k = clip_budget(budget, len(ctx.unlabeled), f"strategy {self.name!r}")
         if k == 0:
             return torch.empty(0, dtype=torch.long)

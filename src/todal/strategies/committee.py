@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, check_choice, param_error
+from ..errors import TodalError, check_choice, check_int, param_error
 from ..inference import eval_mode, fetch
 from ..models import head_of
 from ..train import TrainConfig, fit
@@ -101,8 +101,7 @@ class QBC(ScoreStrategy):
         self.disagreement = check_choice("disagreement", owner, disagreement, DISAGREEMENTS)
         self.committee = check_choice("committee", owner, committee, ("bootstrap", "snapshot"))
         self.scope = check_choice("scope", owner, scope, ("head", "all"))
-        if isinstance(members, bool) or not isinstance(members, int) or members < 2:
-            raise param_error("members", owner, "an int >= 2", members)
+        members = check_int("members", owner, members, lo=2)
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             raise param_error("epochs", owner, "an int >= 1 or None (20 for scope 'head', 2 for 'all')", epochs)
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:

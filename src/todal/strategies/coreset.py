@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, check_number, param_error
 from . import register
 from .base import Context, Strategy, bounded, feature_dim
 
@@ -45,8 +45,7 @@ def k_center_greedy(features: Tensor, centers: Tensor, k: int, *, chunk_size: in
     if features.dim() != 2:
         raise param_error("features", "k_center_greedy", "a [N, D] tensor", tuple(features.shape))
     n = len(features)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise param_error("chunk_size", "k_center_greedy", "an int >= 1", chunk_size)
+    chunk_size = check_int("chunk_size", "k_center_greedy", chunk_size, lo=1)
     centers = torch.as_tensor(centers)
     if centers.dtype == torch.bool:
         if centers.shape != (n,):
@@ -110,13 +109,11 @@ class CoreSet(Strategy):
 
     def __init__(self, chunk_size: int = 4096, subset: int | None = None, max_memory_gb: float = 8.0):
         super().__init__()
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise param_error("chunk_size", f"strategy {self.name!r}", "an int >= 1", chunk_size)
-        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
-            raise param_error("subset", f"strategy {self.name!r}", "an int >= 1 or None (every candidate)", subset)
-        if isinstance(max_memory_gb, bool) or not isinstance(max_memory_gb, (int, float)) or not max_memory_gb > 0:
-            raise param_error("max_memory_gb", f"strategy {self.name!r}", "a number > 0", max_memory_gb)
-        self.chunk_size, self.subset, self.max_memory_gb = chunk_size, subset, float(max_memory_gb)
+        chunk_size = check_int("chunk_size", f"strategy {self.name!r}", chunk_size, lo=1)
+        subset = check_int("subset", f"strategy {self.name!r}", subset, lo=1, optional=True,
+                           expected="an int >= 1 or None (every candidate)")
+        max_memory_gb = check_number("max_memory_gb", f"strategy {self.name!r}", max_memory_gb, lo=0, lo_open=True)
+        self.chunk_size, self.subset, self.max_memory_gb = chunk_size, subset, max_memory_gb
 
     def _select(self, ctx: Context, k: int) -> Tensor:
         cand = bounded(ctx, ctx.pool_for(k), k, name=self.name, subset=self.subset, extra_items=len(ctx.labeled),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, param_error
 from ..inference import eval_mode
 from ..objectives import Objective
 from . import register
@@ -170,8 +170,7 @@ def _check_options(owner: str, layers, hidden, margin, weight, detach_at) -> Non
                                or not all(isinstance(n, str) and n for n in layers)):
         raise param_error("layers", owner, "None or a non-empty list of module names", layers,
                           "For example layers=['stage1', 'stage2'].")
-    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-        raise param_error("hidden", owner, "an int >= 1", hidden)
+    hidden = check_int("hidden", owner, hidden, lo=1)
     for name, v in (("margin", margin), ("weight", weight)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
             raise param_error(name, owner, "a float >= 0", v)
