@@ -142,7 +142,7 @@ def headline(summaries: dict[str, dict], path: str | os.PathLike, *, key: str = 
     ax.set_xlabel("labeled (% of the training set)")
     ax.set_ylabel(f"test {name} (%), mean over trials")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
 
     if baseline in summaries:
