@@ -444,13 +444,8 @@ class ActiveLoop:
         return self._load(f"cycle_{cycle}.pt")
 
     def _saved(self, cycle: int | None) -> tuple[nn.Module, EMA | None]:
-        state = self._checkpoint(self._trained(cycle))
-        model = self._model_with(state["model"]).to(self.device).eval()
-        ema = self._ema(model)
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-            ema.model.to(self.device)
-        return model, ema
+        model, ema = self._model_and_teacher(self._checkpoint(self._trained(cycle)))
+        return model.eval(), ema
 
     # --- models -------------------------------------------------------------------------------
     def _new_model(self, *keys) -> nn.Module:
@@ -484,14 +479,19 @@ class ActiveLoop:
         model.load_state_dict(weights)
         return model
 
-    def _restore(self, state: dict) -> tuple[nn.Module, EMA | None]:
+    def _model_and_teacher(self, state: dict) -> tuple[nn.Module, EMA | None]:
+        """The model and EMA teacher a checkpoint holds, both on the loop's device."""
         model = self._model_with(state["model"])
         ema = self._ema(model)
         if ema is not None:
             ema.load_state_dict(state["ema"])
             ema.model.to(self.device)  # EMAOD and QBC's snapshot committee run the teacher beside the model
-        self.strategy.load_state_dict(state.get("strategy") or {})
         return model.to(self.device), ema
+
+    def _restore(self, state: dict) -> tuple[nn.Module, EMA | None]:
+        """`_model_and_teacher`, with the loop's strategy set to the checkpoint's state (resuming a stage)."""
+        self.strategy.load_state_dict(state.get("strategy") or {})
+        return self._model_and_teacher(state)
 
     # --- the run ------------------------------------------------------------------------------
     def _start(self) -> Pool:

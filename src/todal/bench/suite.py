@@ -194,8 +194,8 @@ def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=Non
     inference_s, inference_from = None, "this process"
     earlier = out / "results.json"
     if not status["ran"] and earlier.exists():  # nothing trained now: keep the pass timed beside the selections
-        st = json.loads(earlier.read_text()).get("selection_time", {})
-        old_env = json.loads(earlier.read_text()).get("environment", {})
+        previous = json.loads(earlier.read_text())
+        st, old_env = previous.get("selection_time", {}), previous.get("environment", {})
         if st.get("pool_size") == n_pool and old_env.get("device") == device_name(dev) and st.get("inference_pass_s"):
             inference_s = st["inference_pass_s"]
             inference_from = st.get("inference_from") or f"the invocation at commit {old_env.get('git_commit', '?')}"
