@@ -1,6 +1,6 @@
 """A data-parallel ActiveLoop on localhost with gloo, for tests/test_distributed.py (run as a script).
 
-    python tests/ddp_worker.py WORKDIR STRATEGY WORLD [--crash-rank R --crash-cycle C]
+    python tests/ddp_worker.py WORKDIR STRATEGY WORLD [--crash-rank R --crash-cycle C] [--flavor F]
 
 WORLD processes (1: no process group) run the same ActiveLoop on WORKDIR; rank 0 writes the records
 to WORKDIR/out.json. With --crash-rank, that rank dies (os._exit) when training of cycle C starts.
@@ -25,9 +25,9 @@ import todal.loop  # noqa: E402
 from todal import ActiveLoop  # noqa: E402
 
 
-def make(workdir: str, strategy: str) -> ActiveLoop:
+def make(workdir: str, strategy: str, flavor: str = "default") -> ActiveLoop:
     return ActiveLoop(mlp, blobs(200, 0), blobs(60, 1), strategy=strategy, semi_supervised=True, initial=20, budget=10,
-                      cycles=3, epochs=3, train={"batch_size": 16, "lr": 0.05}, workdir=workdir, seed=0)
+                      cycles=3, epochs=3, train={"batch_size": 16, "lr": 0.05}, workdir=workdir, seed=0, flavor=flavor)
 
 
 def worker(rank: int, world: int, port: int, args) -> None:
@@ -44,7 +44,7 @@ def worker(rank: int, world: int, port: int, args) -> None:
             return real(*a, **kw)
 
         todal.loop.fit = dying
-    records = make(args.workdir, args.strategy).run()
+    records = make(args.workdir, args.strategy, args.flavor).run()
     if rank == 0:
         Path(args.workdir, "out.json").write_text(json.dumps(records))
     if world > 1:
@@ -68,6 +68,7 @@ if __name__ == "__main__":
     ap.add_argument("world", type=int)
     ap.add_argument("--crash-rank", type=int, default=None)
     ap.add_argument("--crash-cycle", type=int, default=1)
+    ap.add_argument("--flavor", default="default")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.world == 1:

@@ -25,10 +25,11 @@ def records(workdir):
     return json.loads((Path(workdir) / "out.json").read_text())
 
 
-@pytest.mark.parametrize("strategy", ["cod", "coreset"])  # sharded scoring; rank 0 selects and broadcasts
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, strategy):
-    run(tmp_path / "one", strategy, 1)
-    run(tmp_path / "two", strategy, 2)
+# cod: sharded scoring; coreset: rank 0 selects and broadcasts; official: the two-head consistency through DDP
+@pytest.mark.parametrize("strategy,flavor", [("cod", "default"), ("coreset", "default"), ("cod", "official")])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, strategy, flavor):
+    run(tmp_path / "one", strategy, 1, "--flavor", flavor)
+    run(tmp_path / "two", strategy, 2, "--flavor", flavor)
     one, two = records(tmp_path / "one"), records(tmp_path / "two")
     assert [r["labeled"] for r in two] == [20, 30, 40]
     for a, b in zip(one, two):
@@ -48,3 +49,4 @@ def test_a_rank_dying_mid_cycle_resumes(tmp_path):
     ref, resumed = records(tmp_path / "ref"), records(tmp_path / "x")
     strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rs]  # noqa: E731
     assert strip(resumed) == strip(ref)
+

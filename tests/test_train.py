@@ -155,3 +155,12 @@ def test_channels_last_on_cpu_gives_the_same_training():
 
     plain, cl = run(cfg), run(dataclasses.replace(cfg, channels_last=True))
     assert cl["loss"] == pytest.approx(plain["loss"], rel=1e-4)
+
+
+def test_sync_bn_on_cpu_is_refused_in_a_data_parallel_run(monkeypatch):
+    from todal import distributed
+
+    monkeypatch.setattr(distributed, "active", lambda: True)  # refused before any process group is needed
+    with pytest.raises(TodalError, match="sync_bn needs CUDA devices .* norm='group'"):
+        fit(mlp(), Classification(3), blobs(40, 0), torch.arange(40), cfg=TrainConfig(epochs=1, sync_bn=True),
+            generator=torch.Generator().manual_seed(0))

@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     if distributed.init_from_env() and not distributed.is_main():  # torchrun: rank 0 alone prints
         sys.stdout = open(os.devnull, "w")
     try:
+        if distributed.active() and args.command in project_cli.COMMANDS and args.command not in ("step", "status"):
+            raise TodalError(f"todal {args.command} runs in one process; run it without torchrun (of the "
+                             "labeling commands only `todal step` trains data-parallel).")
         commands = {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies, "bench": bench_cli.run}
         if args.command in project_cli.COMMANDS:
             project_cli.COMMANDS[args.command](args)

@@ -4,7 +4,9 @@ One process per device (gloo on CPU, nccl on GPU). Every rank runs the same loop
 every rank holds the same pool, the same order of batches and the same selections:
 
 - training (`fit`): each rank takes its slice of every labeled and unlabeled batch of the shared seeded
-  order; DistributedDataParallel averages the gradients, so the parameters, and the EMA teacher that
+  order (every rank reads and augments the whole batch, so the random augmentation is a one-process run's,
+  and keeps its slice: reading is repeated on each rank, the forward and backward passes are split);
+  DistributedDataParallel averages the gradients, so the parameters, and the EMA teacher that
   follows them, stay identical on every rank. BatchNorm uses each rank's slice (`TrainConfig.sync_bn`:
   statistics over the whole batch).
 - scoring (`ScoreStrategy`): each rank scores its slice of the candidates; the scores are gathered and
@@ -13,6 +15,8 @@ every rank holds the same pool, the same order of batches and the same selection
   memory is then one process's, as in a one-process run.
 - files: rank 0 alone writes (every `todal.atomic` write is a no-op on the others); the loop waits for
   it at the end of every stage, so a crash of any rank resumes like a one-process run.
+- labeling projects (`torchrun -m todal step PROJECT`): rank 0 holds the project's lock, decides the step
+  and alone writes the label database; every rank trains and scores its slices as above.
 """
 
 from __future__ import annotations
@@ -94,6 +98,25 @@ def broadcast(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn):
+    """`fn()` run on rank 0 alone, its result on every rank; a `TodalError` it raises is raised on every rank
+    (so a refusal on rank 0 stops all ranks with the same one-line message instead of leaving them waiting)."""
+    from .errors import TodalError
+
+    if not active():
+        return fn()
+    box = None
+    if is_main():
+        try:
+            box = ("ok", fn())
+        except TodalError as e:
+            box = ("error", str(e))
+    kind, value = broadcast(box)
+    if kind == "error":
+        raise TodalError(value)
+    return value
 
 
 def mean(value: float) -> float:

@@ -89,6 +89,17 @@ def _at_least(idx: Tensor, n: int) -> Tensor:
     return idx if len(idx) >= n else idx.repeat(-(-n // len(idx)))[:n]
 
 
+class _Heads(nn.Module):
+    """A model's two heads as its forward (`model.heads(x)`), for DistributedDataParallel to wrap."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.heads(x)
+
+
 class _Cycler:
     """Endless batches of indices, reshuffled (by the generator) on every pass."""
 
@@ -187,14 +198,18 @@ def fit(
         model.to(memory_format=torch.channels_last)
     ddp = distributed.active()
     if ddp:
-        if unsup is not None and isinstance(unsup, OfficialConsistency):
-            raise TodalError("The official two-head consistency does not run data-parallel yet (its second head "
-                             "bypasses DistributedDataParallel); use one process, or the eq7 consistency.")
         if cfg.sync_bn:
+            if device.type != "cuda":
+                raise TodalError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on "
+                                 "CPU, or use a model without batch statistics (small_cnn norm='group').")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # The two-head consistency runs the student through `heads`: DDP then wraps that, so its gradients
+        # are averaged like any forward's (a call to model.heads beside DDP would bypass it).
+        two_heads = isinstance(unsup, OfficialConsistency)
+        forward = nn.parallel.DistributedDataParallel(_Heads(model) if two_heads else model,
+                                                      device_ids=[device.index] if device.type == "cuda" else None)
     else:
-        forward = model
+        forward, two_heads = model, False
     if cfg.compile:
         forward = torch.compile(forward)
     extra_params = [p for obj in objectives for p in obj.parameters()]  # outside DDP: averaged by hand
@@ -220,11 +235,11 @@ def fit(
 
     def student(x: Tensor) -> Tensor:
         with autocast():
-            return forward(x).float()
+            return (forward(x)[0] if two_heads else forward(x)).float()
 
     def heads(x: Tensor) -> tuple[Tensor, Tensor]:
         with autocast():
-            a, b = model.heads(x)
+            a, b = forward(x) if ddp and two_heads else model.heads(x)
         return a.float(), b.float()
 
     def teacher_out(x: Tensor) -> Tensor:
@@ -239,9 +254,11 @@ def fit(
             total = torch.zeros((), device=device)  # summed on the device: no host sync per step
             for b in range(steps_per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if ddp:
-                    idx = distributed.shard(_at_least(idx, distributed.world_size()))
-                x, y = augment_pair(*fetch(dataset, idx))
+                if ddp:  # the whole batch augmented (a one-process run's random draws), then this rank's slice
+                    x, y = augment_pair(*fetch(dataset, _at_least(idx, distributed.world_size())))
+                    x, y = distributed.shard(x), distributed.shard(y)
+                else:
+                    x, y = augment_pair(*fetch(dataset, idx))
                 x, y = place(x), y.to(device, non_blocking=True)
                 if unsup is not None:
                     out, state = unsup.labeled_forward(student, heads, x)
@@ -257,8 +274,9 @@ def fit(
                 if unsup is not None:
                     ui = unl.next()
                     if ddp:
-                        ui = distributed.shard(_at_least(ui, distributed.world_size()))
-                    xu = place(augment(fetch_inputs(dataset, ui)))
+                        xu = place(distributed.shard(augment(fetch_inputs(dataset, _at_least(ui, distributed.world_size())))))
+                    else:
+                        xu = place(augment(fetch_inputs(dataset, ui)))
                     unsup.teacher.train(unsup.teacher_train_mode)
                     loss = loss + unsup.unlabeled_loss(student, heads, teacher_out, x, state, xu)  # Eq. 9
                 opt.zero_grad(set_to_none=True)

@@ -90,3 +90,15 @@ def test_feature_layers_exist_and_give_feature_maps(name):
     for h in hooks:
         h.remove()
     assert seen == [4] * len(m.feature_layers)
+
+
+def test_small_cnn_group_norm_has_no_batch_statistics():
+    """norm='group': a sample's train-mode output does not depend on the rest of its batch (BatchNorm's does)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 12, 12)
+    for norm, independent in (("group", True), ("batch", False)):
+        model = models.get("small_cnn", in_channels=1, num_classes=3, width=0.25, norm=norm).train()
+        alone, together = model(x[:2]), model(x)[:2]
+        assert torch.allclose(alone, together, atol=1e-5) == independent
+    with pytest.raises(TodalError, match="norm"):
+        models.get("small_cnn", in_channels=1, num_classes=3, norm="layer")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import models
+from .. import distributed, models
 from ..atomic import torch_save, write_with
 from ..ema import EMA
 from ..errors import TodalError, check_choice, check_int, param_error
@@ -317,18 +317,14 @@ class Project:
 
         Returns the step's metrics. Run again after a crash: the step resumes from where it stopped.
         """
-        from .. import distributed
-
-        if distributed.active():
-            raise TodalError("todal step runs in one process (its label database has one writer); run it without "
-                             "torchrun, on one device.")
         budget = check_int("budget", "todal step", budget, lo=1)
         strat = get_strategy(strategy, **(options or {}))
         train = {**self.meta["train"], **({"epochs": epochs} if epochs is not None else {})}
         config = {"strategy": strategy, "options": dict(options or {}), "budget": budget, "semi": bool(semi),
                   "train": train}
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        with self._lock():
+        dev = distributed.device_for(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
+        def begin() -> tuple[int, dict]:
             steps = self.store.steps()
             s = max((r["step"] for r in steps if r["state"] == "done"), default=-1) + 1
             row = next((r for r in steps if r["step"] == s), None)
@@ -342,7 +338,15 @@ class Project:
                                      f"{self.root}` or `todal import {self.root} FILE`).")
                 self.store.begin_step(s, config)
                 row = next(r for r in self.store.steps() if r["step"] == s)
-            return self._run_step(s, row, strat, semi, TrainConfig(**train), budget, dev, progress)
+            return s, row
+
+        # Under torchrun rank 0 alone holds the lock and writes the database (todal/distributed.py).
+        with contextlib.ExitStack() as held:
+            distributed.on_main(lambda: held.enter_context(self._lock()) and None)
+            s, row = distributed.on_main(begin)
+            metrics = self._run_step(s, row, strat, semi, TrainConfig(**train), budget, dev, progress)
+            distributed.barrier()
+            return metrics
 
     def _holdout_mask(self) -> torch.Tensor:
         return torch.tensor([bool(h) for *_, h in self.store.samples()], dtype=torch.bool)
@@ -386,7 +390,9 @@ class Project:
                                              "strategy": strat.state_dict()})
             train_metrics = {"train_loss": stats["loss"], "train_steps": stats["steps"],
                              "train_time_s": round(stats["time_s"], 3), "trained_on": len(train_ids)}
-            self.store.step_trained(s, str(self._checkpoint(s).relative_to(self.root)), train_metrics)
+            if distributed.is_main():
+                self.store.step_trained(s, str(self._checkpoint(s).relative_to(self.root)), train_metrics)
+            distributed.barrier()  # the checkpoint is written before any rank reads it
         else:
             train_metrics = dict(row["metrics"] or {})
         state = self._load(s)
@@ -446,10 +452,12 @@ class Project:
             metrics["holdout_added"] = len(holdout_new)
         t4 = time.perf_counter()
         torch_save(self.root / "checkpoints" / f"strategy_{s}.pt", {"name": strat.name, "state": strat.state_dict()})
-        self.store.finish_step(s, metrics, queue, holdout=holdout_new)
+        if distributed.is_main():
+            self.store.finish_step(s, metrics, queue, holdout=holdout_new)
         metrics["queue_time_s"] = round(time.perf_counter() - t4, 4)
         metrics["step"] = s
-        self._plot()
+        if distributed.is_main():
+            self._plot()
         return metrics
 
     def _model_with(self, weights: dict) -> nn.Module:
