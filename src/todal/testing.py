@@ -24,7 +24,34 @@ from .strategies import Context, Strategy
 from .strategies import get as get_strategy
 from .tasks import Classification
 
-__all__ = ["check_strategy"]
+__all__ = ["check_strategy", "SyntheticPool"]
+
+
+class SyntheticPool:
+    """A pool of `n` images made from their index when a batch asks for them (nothing is stored): sample i
+    is a 1 x size x size image of class i % classes, a class-dependent stripe pattern plus hash noise of i.
+    For measuring what a strategy's memory does as the pool grows to millions (benchmarks/pool_scale.py)."""
+
+    name = "synthetic"
+
+    def __init__(self, n: int, classes: int = 10, size: int = 16):
+        self.n, self.num_classes, self.size = int(n), int(classes), int(size)
+        self._rows = torch.arange(size, dtype=torch.float32).view(size, 1).expand(size, size).reshape(-1)
+        self._pix = torch.arange(size * size, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def batch(self, idx) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        y = idx % self.num_classes
+        noise = ((idx[:, None] * 2654435761 + self._pix[None] * 40503) % 65521).float() / 65521
+        x = torch.cos(self._rows[None] * (0.3 + 0.25 * y[:, None].float())) + noise - 0.5
+        return x.view(-1, 1, self.size, self.size), y
+
+    def __getitem__(self, i: int):
+        x, y = self.batch(torch.tensor([int(i)]))
+        return x[0], int(y[0])
 
 
 class _Blobs:

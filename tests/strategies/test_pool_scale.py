@@ -1,0 +1,32 @@
+"""Selection on a lazy pool never materialises more than O(N) of anything (issue 13; the million-sample
+figures are in benchmarks/pool-scale). The pool is made on demand from indices, so only the strategy's own
+tensors can grow with it."""
+
+import pytest
+import torch
+
+from tinydata import largest_tensor_while
+from todal import models, select
+from todal.testing import SyntheticPool
+
+C, D = 10, 8  # small_cnn width 0.0625 -> 8 features
+
+
+def largest(strategy: str, n: int) -> int:
+    torch.manual_seed(0)
+    nets = [models.get("small_cnn", in_channels=1, num_classes=C, width=0.0625).eval() for _ in range(2)]
+    pool = SyntheticPool(n, C, 8)
+    labeled = torch.arange(50)
+    return largest_tensor_while(lambda: select(strategy, nets[0], pool, 20, labeled=labeled, previous=nets[1],
+                                               labels=labeled % C, batch_size=128))
+
+
+# what each may hold per pool sample: scores / indices (random, entropy); COD's kept outputs [N, C];
+# coreset's distance block to the 50 labeled points ([min(N, chunk_size), L]); BADGE's features and
+# probabilities [N, D + 2C]
+@pytest.mark.parametrize("strategy,per_sample", [("random", 1), ("entropy", 1), ("cod", C), ("coreset", 50),
+                                                 ("badge", D + 2 * C)])
+def test_selection_memory_grows_linearly_with_the_pool(strategy, per_sample):
+    small, big = largest(strategy, 1500), largest(strategy, 3000)
+    assert big <= 3000 * per_sample + 128 * 16 * 64  # never N x N, never N x D x C; a batch of activations aside
+    assert big <= 2.2 * small or big <= 128 * 16 * 64  # linear (or batch-bound) in N, not quadratic
