@@ -457,3 +457,13 @@ def test_augmentation_is_an_explicit_argument_and_reaches_training(tmp_path):
 def test_a_value_set_in_two_places_is_refused(kw, text):
     with pytest.raises(TodalError, match=text):
         ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=2, **kw)
+
+
+def test_cod_with_its_outputs_memory_mapped_selects_as_in_memory_and_resumes(tmp_path, monkeypatch):
+    ram = make(tmp_path / "ram").run()
+    disk = make(tmp_path / "disk", strategy_options={"max_cache_gb": 0})
+    run_until_killed(disk.run, monkeypatch, after=5)  # killed mid-run: the cache files must carry over
+    resumed = make(tmp_path / "disk", strategy_options={"max_cache_gb": 0}).run()
+    assert strip(resumed) == strip(ram)
+    assert sorted(p.name for p in (tmp_path / "disk" / "checkpoints").glob("*.npy")) == [
+        "cod-outputs-cycle0-rank0.npy", "cod-outputs-cycle1-rank0.npy"]

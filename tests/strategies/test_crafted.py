@@ -147,3 +147,30 @@ def test_top_k_is_stable_on_ties_and_puts_nan_last():
 def test_scoring_subset_is_used_when_given():
     ctx = ctx_for(nn.Identity(), candidates=torch.tensor([3, 4]))
     assert strategies.get("entropy").select(ctx, 1).tolist() == [4]
+
+
+def test_cod_cache_past_its_memory_bound_is_a_memory_mapped_file(tmp_path):
+    """max_cache_gb=0: the outputs go to a .npy file beside the checkpoints; the scores are those of the
+    in-memory cache, the checkpoint holds the file's path (not the outputs), and a reloaded strategy reads it."""
+    def run(cod, cycle, model, previous):
+        return cod.score(ctx_for(model, previous=previous, cycle=cycle, workdir=tmp_path), torch.arange(5))
+
+    def no_previous():
+        raise AssertionError("the cache should have been used")
+
+    ram, disk = strategies.get("cod", space="logits"), strategies.get("cod", space="logits", max_cache_gb=0)
+    for cod in (ram, disk):
+        run(cod, 0, Scale(0.5), lambda: Scale(0.0))
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.npy"))
+    assert files == ["cod-outputs-cycle0-rank0.npy"] and not list((tmp_path / "checkpoints").glob(".*tmp"))
+    state = disk.state_dict()
+    assert "outputs" not in state["cache"][0] and state["cache"][0]["file"].endswith("cycle0-rank0.npy")
+    fresh = strategies.get("cod", space="logits", max_cache_gb=0)
+    fresh.load_state_dict(state)
+    expected = run(ram, 1, nn.Identity(), no_previous)
+    assert torch.allclose(run(fresh, 1, nn.Identity(), no_previous), expected)
+    assert torch.allclose(run(disk, 1, nn.Identity(), no_previous), expected)
+    for c in (2, 3):  # only the previous cycle's file and this one's are kept
+        run(disk, c, nn.Identity(), no_previous)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.npy")) == [
+        "cod-outputs-cycle2-rank0.npy", "cod-outputs-cycle3-rank0.npy"]
