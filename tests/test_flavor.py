@@ -51,11 +51,11 @@ def test_paper_values_do_not_depend_on_the_dataset():
     assert (f.lam, f.score_subset, f.measure, f.consistency) == (0.05, None, "l2", "eq7")
 
 
-def test_default_is_the_paper_with_the_codes_eq7_scale_and_first_cycle_pick():
+def test_default_is_the_paper_with_the_codes_eq7_scale_first_cycle_pick_and_teacher_mode():
     default, paper = flavor_for("default", "svhn"), flavor_for("paper", "svhn")
     differ = {f.name for f in dataclasses.fields(paper) if getattr(paper, f.name) != getattr(default, f.name)}
-    assert differ == {"name", "consistency_reduction", "first_cycle_lowest"}
-    assert (default.consistency_reduction, default.first_cycle_lowest) == ("mean", True)
+    assert differ == {"name", "consistency_reduction", "first_cycle_lowest", "teacher_train_mode"}
+    assert (default.consistency_reduction, default.first_cycle_lowest, default.teacher_train_mode) == ("mean", True, True)
     assert ActiveLoop(TwoHead, blobs(40, 0), blobs(10, 1), initial=10, budget=5, cycles=1).flavor == flavor_for("default")
 
 

@@ -12,6 +12,7 @@ import torch
 import todal.project.core as core
 from projkit import CLASSES, answer_queue, write_images
 from todal.errors import TodalError
+from todal.flavor import flavor_for
 from todal.project.core import Project, wilson
 from todal.project.store import Store
 
@@ -426,3 +427,20 @@ def test_a_step_killed_with_sigkill_anywhere_resumes_to_the_same_queue(tmp_path)
     assert [(i.sample, i.rank, i.score) for i in killed.queued()] == [(i.sample, i.rank, i.score) for i in ref.queued()]
     assert [s["state"] for s in killed.steps()] == ["done", "done"] and killed.integrity() == "ok"
     assert killed.steps()[1]["metrics"]["val_accuracy"] == ref.steps()[1]["metrics"]["val_accuracy"]
+
+
+def test_a_semi_supervised_step_trains_with_the_default_flavors_tod_loss(tmp_path, monkeypatch):
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    seen = {}
+    real = core.fit
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(core, "fit", spy)
+    project.step(budget=10, strategy="cod", semi=True, epochs=1)
+    default = flavor_for("default")
+    assert (seen["consistency"], seen["lam"], seen["consistency_reduction"], seen["teacher_train_mode"]) == (
+        "eq7", default.lam, default.consistency_reduction, default.teacher_train_mode)

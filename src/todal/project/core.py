@@ -384,6 +384,7 @@ class Project:
                 stats = fit(model, task, given, train_ids, cfg=train_cfg, generator=generator(seed, "project-train", s),
                             unlabeled=unlabeled if semi else None, ema=ema, consistency="eq7" if semi else None,
                             lam=FLAVOR.lam, consistency_reduction=FLAVOR.consistency_reduction,
+                            teacher_train_mode=FLAVOR.teacher_train_mode,
                             objectives=strat.objectives(), device=dev,
                             progress=f"step {s} train" if progress else None)
             torch_save(self._checkpoint(s), {"model": model.state_dict(), "ema": ema.state_dict() if ema else None,
