@@ -467,3 +467,16 @@ def test_cod_with_its_outputs_memory_mapped_selects_as_in_memory_and_resumes(tmp
     assert strip(resumed) == strip(ram)
     assert sorted(p.name for p in (tmp_path / "disk" / "checkpoints").glob("*.npy")) == [
         "cod-outputs-cycle0-rank0.npy", "cod-outputs-cycle1-rank0.npy"]
+
+
+def test_flavor_choices_a_run_never_uses_do_not_make_it_a_different_run(tmp_path):
+    """A run without the TOD loss resumes whatever the loss's choices now are; one with it is refused."""
+    plain = make(tmp_path / "plain", semi=False, flavor_overrides={"teacher_train_mode": False}).run()
+    again = make(tmp_path / "plain", semi=False, flavor_overrides={"teacher_train_mode": True,
+                                                                    "consistency_reduction": "sum"}).run()
+    assert strip(again) == strip(plain)
+    make(tmp_path / "semi", flavor_overrides={"teacher_train_mode": False}).run()
+    with pytest.raises(TodalError, match="different configuration .*flavor"):
+        make(tmp_path / "semi", flavor_overrides={"teacher_train_mode": True}).run()
+    with pytest.raises(TodalError, match="different configuration .*flavor"):  # a choice COD uses
+        make(tmp_path / "plain", semi=False, flavor_overrides={"first_cycle_lowest": False}).run()

@@ -494,6 +494,16 @@ class ActiveLoop:
         return self._model_and_teacher(state)
 
     # --- the run ------------------------------------------------------------------------------
+    def _used(self, flavor: dict) -> dict:
+        """The flavor choices this run uses: without the TOD loss, none of the loss's or of how the teacher
+        runs in it; without an EMA teacher, none of the teacher's."""
+        unused = set()
+        if not self.config.semi_supervised:
+            unused |= {"consistency", "consistency_reduction", "lam", "teacher_train_mode"}
+        if not self.needs_ema:
+            unused |= {"ema_init", "ema_buffers"}
+        return {k: v for k, v in flavor.items() if k not in unused}
+
     def _start(self) -> Pool:
         cfg = self.config.to_dict()
         if self._path("config.json").exists():
@@ -502,12 +512,16 @@ class ActiveLoop:
                 saved["flavor"] = {**FLAVOR_BEFORE_CHOICES, **saved["flavor"]}
             if isinstance(saved.get("train"), dict):  # runs made before a training option existed ran its default
                 saved["train"] = {**TRAIN_BEFORE_OPTIONS, **saved["train"]}
-            diff = [k for k in cfg if saved.get(k) != cfg[k] and k not in EXTENDABLE
-                    and not (k in LATER_KEYS and k not in saved)]
+            # flavor choices this run never uses cannot make it differ
+            was, now = dict(saved), dict(cfg)
+            if isinstance(was.get("flavor"), dict):
+                was["flavor"], now["flavor"] = self._used(was["flavor"]), self._used(now["flavor"])
+            diff = [k for k in now if was.get(k) != now[k] and k not in EXTENDABLE
+                    and not (k in LATER_KEYS and k not in was)]
             if diff:
                 k = diff[0]
                 raise TodalError(f"{self.workdir} holds a run with a different configuration ({k}: "
-                                 f"{saved.get(k)!r} there, {cfg[k]!r} now); use another work directory "
+                                 f"{was.get(k)!r} there, {now[k]!r} now); use another work directory "
                                  "or delete this one to start over.")
             if any(saved.get(k) != cfg[k] for k in EXTENDABLE):
                 self._extend(saved)
