@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
+
+from .errors import TodalError
 
 Transform = Callable[..., Tensor]
 
 
 def fetch(dataset, idx: Tensor) -> tuple[Tensor, Tensor]:
     """`(x, y)` for the samples `idx`: `dataset.batch(idx)` when it exists (in-memory data, one
-    gather), else the samples stacked one by one (lazy datasets: the cost is reading the files)."""
+    gather), a `TensorDataset`'s tensors indexed at once, else the samples stacked one by one (lazy
+    datasets: the cost is reading the files; `read` spreads it over worker processes)."""
     if hasattr(dataset, "batch"):
         return dataset.batch(idx)
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        x, y = dataset.tensors
+        return x[idx], y[idx]
     xs, ys = zip(*(dataset[int(i)] for i in idx))
     return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(ys)
 
@@ -27,6 +35,58 @@ def fetch_inputs(dataset, idx: Tensor) -> Tensor:
     if hasattr(dataset, "inputs"):
         return dataset.inputs(idx)
     return fetch(dataset, idx)[0]
+
+
+def is_lazy(dataset) -> bool:
+    """True for a dataset read a sample at a time (`ds[i]`, files): no `.batch`, not a TensorDataset. A
+    wrapper that keeps labels apart (`todal.labeled.PoolLabels`) is looked through."""
+    while hasattr(dataset, "inputs") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    return not hasattr(dataset, "batch") and not isinstance(dataset, TensorDataset)
+
+
+def read_workers(dataset, workers: int | None = None) -> int:
+    """Worker processes that read `dataset`'s batches: `workers`, else the environment's
+    TODAL_READ_WORKERS, else none for in-memory data and, for a lazy dataset, one per core beyond the one
+    that computes (at least 1, at most 4; measured in benchmarks/lazy-reading)."""
+    if workers is None and os.environ.get("TODAL_READ_WORKERS", "").strip():
+        workers = os.environ["TODAL_READ_WORKERS"]
+    if workers is not None:
+        try:
+            n = int(workers)
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise TodalError(f"read workers must be an integer >= 0, got {workers!r}; set TODAL_READ_WORKERS=0 "
+                             "to read in the training process.")
+        return n
+    return min(4, max(1, (os.cpu_count() or 1) - 1)) if is_lazy(dataset) else 0
+
+
+class _Reads(Dataset):
+    def __init__(self, dataset, batches: list[Tensor], inputs_only: bool):
+        self.dataset, self.batches, self.inputs_only = dataset, batches, inputs_only
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, j: int):
+        idx = self.batches[j]
+        return fetch_inputs(self.dataset, idx) if self.inputs_only else fetch(self.dataset, idx)
+
+
+def read(dataset, batches: list[Tensor], *, inputs_only: bool = False, workers: int | None = None) -> Iterator:
+    """`fetch(dataset, b)` (or `fetch_inputs`) for each batch of indices `b`, in order. With workers
+    (`read_workers`), a `DataLoader` reads the next batches in other processes while this one computes;
+    only reading moves there: transforms and their random draws stay in the caller, so the results do
+    not depend on the number of workers."""
+    n = read_workers(dataset, workers)
+    if n == 0 or len(batches) <= 1:
+        for idx in batches:
+            yield fetch_inputs(dataset, idx) if inputs_only else fetch(dataset, idx)
+        return
+    yield from DataLoader(_Reads(dataset, list(batches), inputs_only), batch_size=None, shuffle=False,
+                          num_workers=min(n, len(batches)), prefetch_factor=2)
 
 
 def test_transform(dataset) -> Transform:
@@ -73,8 +133,8 @@ def predict(
     """Yield `(idx_batch, outputs)` over `indices`, the model in eval mode, outputs on the CPU."""
     device = torch.device(device or "cpu")
     transform = transform or test_transform(dataset)
+    batches = list(chunks(indices, batch_size))
     with eval_mode(model):
-        for idx in tqdm(list(chunks(indices, batch_size)), desc=progress, disable=progress is None,
-                        leave=False, unit="batch"):
-            x, _ = fetch(dataset, idx)
+        for idx, x in zip(tqdm(batches, desc=progress, disable=progress is None, leave=False, unit="batch"),
+                          read(dataset, batches, inputs_only=True)):
             yield idx, model(transform(x).to(device)).float().cpu()

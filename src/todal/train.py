@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .ema import EMA
 from .errors import TodalError, check_choice, check_int, param_error
-from .inference import Transform, fetch, fetch_inputs, train_transform
+from .inference import Transform, fetch, fetch_inputs, is_lazy, read, train_transform
 from .objectives import Consistency, Eq7Consistency, Objective, OfficialConsistency
 
 # the string shortcuts of fit(consistency=...)
@@ -246,19 +246,31 @@ def fit(
         with torch.no_grad(), autocast():
             return unsup.teacher(x).float()
 
+    def widen(idx: Tensor) -> Tensor:
+        return _at_least(idx, distributed.world_size()) if ddp else idx
+
+    # a dataset read a sample at a time: its batches are read ahead (by worker processes, `read`), so the
+    # epoch's unlabeled batches are drawn up front; the results do not depend on the number of workers
+    lazy = is_lazy(dataset)
+
     t0, steps, epoch_loss, epoch_losses = time.perf_counter(), 0, float("nan"), []
     bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")
     try:
         for epoch in bar:
             order = labeled[torch.randperm(len(labeled), generator=generator)]
             total = torch.zeros((), device=device)  # summed on the device: no host sync per step
+            # data-parallel: every rank reads and augments the whole batch (a one-process run's random
+            # draws), then keeps its slice
+            batches = [widen(order[b * cfg.batch_size : (b + 1) * cfg.batch_size]) for b in range(steps_per_epoch)]
+            if lazy:  # read ahead by worker processes; the unlabeled batches of the epoch drawn up front
+                labeled_reads = read(dataset, batches)
+                unlabeled_reads = read(dataset, [widen(unl.next()) for _ in batches], inputs_only=True) if unsup else None
+            else:
+                labeled_reads, unlabeled_reads = (fetch(dataset, idx) for idx in batches), None
             for b in range(steps_per_epoch):
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-                if ddp:  # the whole batch augmented (a one-process run's random draws), then this rank's slice
-                    x, y = augment_pair(*fetch(dataset, _at_least(idx, distributed.world_size())))
+                x, y = augment_pair(*next(labeled_reads))
+                if ddp:
                     x, y = distributed.shard(x), distributed.shard(y)
-                else:
-                    x, y = augment_pair(*fetch(dataset, idx))
                 x, y = place(x), y.to(device, non_blocking=True)
                 if unsup is not None:
                     out, state = unsup.labeled_forward(student, heads, x)
@@ -272,11 +284,9 @@ def fit(
                             extra = obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
                         loss = loss + extra.float()
                 if unsup is not None:
-                    ui = unl.next()
-                    if ddp:
-                        xu = place(distributed.shard(augment(fetch_inputs(dataset, _at_least(ui, distributed.world_size())))))
-                    else:
-                        xu = place(augment(fetch_inputs(dataset, ui)))
+                    raw = next(unlabeled_reads) if unlabeled_reads is not None else fetch_inputs(dataset, widen(unl.next()))
+                    xu = augment(raw)
+                    xu = place(distributed.shard(xu) if ddp else xu)
                     unsup.teacher.train(unsup.teacher_train_mode)
                     loss = loss + unsup.unlabeled_loss(student, heads, teacher_out, x, state, xu)  # Eq. 9
                 opt.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..errors import TodalError, check_int, param_error
 from .. import distributed
 from ..flavor import Flavor, flavor_for
-from ..inference import Transform, chunks, eval_mode, fetch, test_transform, train_transform
+from ..inference import Transform, chunks, eval_mode, fetch, read, test_transform, train_transform
 from ..pool import clip_budget
 from ..tasks import Task
 
@@ -149,9 +149,10 @@ class Context:
         from tqdm.auto import tqdm
 
         transform = (lambda x: self.augment(x, self.generator)) if augmented else self.transform
-        for idx in tqdm(list(chunks(indices, self.batch_size)), desc=desc, leave=False, unit="batch",
-                        disable=not self.progress):
-            yield idx, transform(fetch(self.dataset, idx)[0]).to(self.device)
+        batches = list(chunks(indices, self.batch_size))
+        for idx, x in zip(tqdm(batches, desc=desc, leave=False, unit="batch", disable=not self.progress),
+                          read(self.dataset, batches, inputs_only=True)):
+            yield idx, transform(x).to(self.device)
 
     @torch.no_grad()
     def outputs(self, model: nn.Module, indices: Tensor, desc: str | None = None) -> Tensor:
