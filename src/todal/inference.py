@@ -47,8 +47,8 @@ def is_lazy(dataset) -> bool:
 
 def read_workers(dataset, workers: int | None = None) -> int:
     """Worker processes that read `dataset`'s batches: `workers`, else the environment's
-    TODAL_READ_WORKERS, else none for in-memory data and, for a lazy dataset, one per core beyond the one
-    that computes (at least 1, at most 4; measured in benchmarks/lazy-reading)."""
+    TODAL_READ_WORKERS, else none. Set it for a lazy dataset whose samples are slow to read (large
+    images, network storage) and cores to spare; measure first (benchmarks/lazy_reading.py)."""
     if workers is None and os.environ.get("TODAL_READ_WORKERS", "").strip():
         workers = os.environ["TODAL_READ_WORKERS"]
     if workers is not None:
@@ -60,7 +60,9 @@ def read_workers(dataset, workers: int | None = None) -> int:
             raise TodalError(f"read workers must be an integer >= 0, got {workers!r}; set TODAL_READ_WORKERS=0 "
                              "to read in the training process.")
         return n
-    return min(4, max(1, (os.cpu_count() or 1) - 1)) if is_lazy(dataset) else 0
+    # default none: on 2 cores with 28x28 PNGs, workers made an inference pass 1.12-1.18x and an epoch
+    # 1.5x slower (benchmarks/lazy-reading: startup and transfer outweigh decoding small files)
+    return 0
 
 
 class _Reads(Dataset):
