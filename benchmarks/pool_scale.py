@@ -109,6 +109,8 @@ def main(argv=None) -> None:
     path = out / "results.json"
     done = json.loads(path.read_text()) if path.exists() else {"rows": []}
     rows = [r for r in done["rows"] if not (r["strategy"] in names and r["n"] in sizes)]
+    cmd = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/pool_scale.py " + " ".join(map(shlex.quote, sys.argv[1:]))
+    commands = [c for c in done.get("commands", [done["command"]] if "command" in done else []) if c != cmd] + [cmd]
     for n in sizes:
         for name in names:
             t0 = time.perf_counter()
@@ -123,16 +125,16 @@ def main(argv=None) -> None:
             row["wall_s"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
-            write(out, rows)
+            write(out, rows, commands)
 
 
-def write(out: Path, rows: list[dict]) -> None:
+def write(out: Path, rows: list[dict], commands: list[str]) -> None:
     from todal.atomic import write_json, write_text
 
     out.mkdir(parents=True, exist_ok=True)
-    cmd = "OMP_NUM_THREADS=2 .venv/bin/python benchmarks/pool_scale.py " + " ".join(map(shlex.quote, sys.argv[1:]))
-    write_json(out / "results.json", {"command": cmd, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                      "rows": rows})
+    cmd = "`; `".join(commands)
+    write_json(out / "results.json", {"commands": commands, "torch": torch.__version__,
+                                      "threads": torch.get_num_threads(), "rows": rows})
     sizes = sorted({r["n"] for r in rows})
     by = {(r["strategy"], r["n"]): r for r in rows}
     names = [s for s in ALL if any((s, n) in by for n in sizes)]
