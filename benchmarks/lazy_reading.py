@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fashion_mnist_core import best_of  # noqa: E402  (benchmarks/ is on the path when run)
 from todal import EMA, TrainConfig, fit, models
 from todal.atomic import write_json, write_text
 from todal.bench.suite import device_name
@@ -52,15 +52,6 @@ class PngFolder:
         return x, self.labels[i]
 
 
-def best(fn, repeats: int = 2) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
 def main() -> None:
     from PIL import Image
 
@@ -86,7 +77,7 @@ def main() -> None:
                     generator=torch.Generator().manual_seed(0), unlabeled=torch.arange(LABELED, 2 * LABELED),
                     ema=EMA(model, 0.999), consistency="eq7", lam=0.05, consistency_reduction="mean")
 
-            rows[workers] = {"inference_s": best(infer), "epoch_s": best(epoch)}
+            rows[workers] = {"inference_s": best_of(infer, 2), "epoch_s": best_of(epoch, 2)}
             print(workers, rows[workers], flush=True)
     base = rows[0]
     cpu = device_name(torch.device("cpu"))
