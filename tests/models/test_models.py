@@ -102,3 +102,13 @@ def test_small_cnn_group_norm_has_no_batch_statistics():
         assert torch.allclose(alone, together, atol=1e-5) == independent
     with pytest.raises(TodalError, match="norm"):
         models.get("small_cnn", in_channels=1, num_classes=3, norm="layer")
+
+
+def test_resnet18_uses_torchvision_module_names():
+    """One BasicBlock serves ResNet-18 and DRN-D-22; its names are torchvision's, so checkpoints map by name."""
+    keys = set(models.get("resnet18", in_channels=3, num_classes=10).state_dict())
+    for key in ("conv1.weight", "layer1.0.conv1.weight", "layer1.1.bn2.running_mean",
+                "layer2.0.downsample.0.weight", "layer2.0.downsample.1.weight", "layer4.1.conv2.weight"):
+        assert key in keys, key
+    assert not any("shortcut" in k for k in keys)
+    assert "layer1.0.downsample.0.weight" not in keys  # identity shortcut where shapes agree

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import TodalError, param_error
 from . import register
+from .resnet import BasicBlock
 
 
 class Segmenter(nn.Module, abc.ABC):
@@ -60,26 +61,6 @@ class Segmenter(nn.Module, abc.ABC):
 
 
 # --- DRN-D-22 ---------------------------------------------------------------------------------
-class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with (possibly) dilation, BatchNorm, identity or 1x1 shortcut."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: tuple[int, int] = (1, 1)):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation[0], dilation=dilation[0], bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation[1], dilation=dilation[1], bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
 def _conv_level(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     """One 3x3 conv-BN-ReLU: DRN-D's stem levels and its degridding levels (no residual)."""
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
