@@ -139,9 +139,8 @@ def _label(name: str, semi: bool) -> str:
 def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path) -> ActiveLoop:
     train_set, test_set = data
     d = defaults_for(args.dataset, train_set)
-    train = {**d.get("train", {}), "epochs": args.epochs or d["epochs"],
-             "batch_size": args.batch_size or d["batch_size"], "lr": args.lr or d["lr"],
-             "optimizer": args.optimizer or d.get("optimizer", "sgd")}
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer}
+    train = {**d["train"], **{k: v for k, v in given.items() if v is not None}}
     options = d["model_options"] if args.model in (None, d["model"]) else {}
     return ActiveLoop(args.model or d["model"], train_set, test_set, strategy=strategy, semi_supervised=semi,
                       task=args.task or default_task(train_set), eval_batch_size=d.get("eval_batch_size"),

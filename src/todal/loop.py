@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from . import distributed
 from .atomic import torch_save, write_json, write_jsonl
 from .ema import EMA
-from .errors import TodalError, check_choice, check_int, param_error
+from .errors import Int, Real, TodalError, check_choice, param_error, validate
 from .flavor import FLAVOR_BEFORE_CHOICES, Flavor, flavor_for
 from .inference import chunks, fetch
 from .labeled import PoolLabels
@@ -97,6 +97,13 @@ def _plain(value):
     if isinstance(value, np.floating):
         return float(value)
     return value
+
+
+_LOOP_RULES = {
+    "cycles": Int(lo=1), "seed": Int(), "ema_decay": Real(lo=0, hi=1, hi_open=True),
+    "eval_batch_size": Int(lo=1, optional=True),
+    "score_subset": Int(lo=1, optional=True, expected="an int >= 1 or None (the whole pool)"),
+}
 
 
 def resolve_size(value, n: int, name: str) -> int:
@@ -223,16 +230,13 @@ class ActiveLoop:
                  eval_batch_size: int | None = None, progress: bool = False, keep_checkpoints: bool = False,
                  augment: Callable | bool | None = None):
         owner = "ActiveLoop"
-        cycles, seed = _plain(cycles), _plain(seed)  # numpy scalars are ints too
-        initial, budget = _plain(initial), _plain(budget)
+        initial, budget = _plain(initial), _plain(budget)  # numpy scalars are ints and floats too
         n = len(train_set)
         if n < 2:
             raise param_error("train_set", owner, "a dataset of at least 2 samples", f"{n} samples")
-        cycles = check_int("cycles", owner, cycles, lo=1)
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise param_error("seed", owner, "an int", seed)
-        if not 0 <= ema_decay < 1:
-            raise param_error("ema_decay", owner, "a float in [0, 1)", ema_decay)
+        checked = validate(owner, _LOOP_RULES, cycles=cycles, seed=seed, ema_decay=ema_decay,
+                           eval_batch_size=eval_batch_size)
+        cycles, seed, ema_decay, eval_batch_size = checked.values()
         self.train_set, self.test_set = train_set, test_set
         self.num_classes = int(num_classes or getattr(train_set, "num_classes", 0) or infer_num_classes(train_set))
         if not isinstance(strategy, str) and strategy_options:
@@ -278,8 +282,7 @@ class ActiveLoop:
                            **({"score_subset": score_subset} if score_subset is not None else {})})
         check_choice("consistency", owner, fl.consistency, ("eq7", "official", "cyclic"))
         check_choice("consistency_reduction", owner, fl.consistency_reduction, ("sum", "mean"))
-        if fl.score_subset is not None and fl.score_subset < 1:
-            raise param_error("score_subset", owner, "an int >= 1 or None (the whole pool)", fl.score_subset)
+        validate(owner, _LOOP_RULES, score_subset=fl.score_subset)
         self.flavor: Flavor = fl
         self.model_fn = model_fn
         task = default_task(train_set) if task is None else task
@@ -291,8 +294,6 @@ class ActiveLoop:
         self.oracle = oracle or SimulatedOracle(train_set)
         if eval_batch_size is None:
             eval_batch_size = default_eval_batch_size(train_set, self.dense)
-        if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
-            raise param_error("eval_batch_size", owner, "an int >= 1 or None", eval_batch_size)
         self.device = distributed.device_for(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TodalError(f"device={str(device)!r} but this PyTorch sees no CUDA device; pass device='cpu' or "

@@ -21,13 +21,22 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .ema import EMA
-from .errors import TodalError, check_choice, check_int, param_error
+from .errors import Bool, Choice, Int, Real, TodalError, check_choice, param_error, validate
 from .inference import Transform, fetch, fetch_inputs, is_lazy, read, train_transform
 from .objectives import Consistency, Eq7Consistency, Objective, OfficialConsistency
+from .tasks import Task
 
 # the string shortcuts of fit(consistency=...)
 CONSISTENCIES = {"eq7": Eq7Consistency, "official": OfficialConsistency}
-from .tasks import Task
+
+
+_TRAIN_RULES = {
+    "epochs": Int(lo=1), "batch_size": Int(lo=1), "lr": Real(lo=0, lo_open=True), "momentum": Real(lo=0),
+    "weight_decay": Real(lo=0), "optimizer": Choice(("sgd", "adam")), "lr_drop_at": Real(lo=0, hi=1, lo_open=True),
+    "lr_drop": Real(lo=0), "unlabeled_batch_size": Int(lo=1, optional=True),
+    "precision": Choice(("auto", "fp32", "bf16")), "compile": Bool(), "sync_bn": Bool(),
+    "channels_last": Bool(optional=True, expected="None (on CUDA), true or false"),
+}
 
 
 @dataclass
@@ -49,19 +58,7 @@ class TrainConfig:
     sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the whole batch, not each rank's slice
 
     def __post_init__(self):
-        owner = "TrainConfig"
-        for name in ("epochs", "batch_size"):
-            setattr(self, name, check_int(name, owner, getattr(self, name), lo=1))
-        if not self.lr > 0:
-            raise param_error("lr", owner, "a float > 0", self.lr)
-        if not 0 < self.lr_drop_at <= 1:
-            raise param_error("lr_drop_at", owner, "a float in (0, 1]", self.lr_drop_at)
-        check_choice("optimizer", owner, self.optimizer, ("sgd", "adam"))
-        check_choice("precision", owner, self.precision, ("auto", "fp32", "bf16"))
-        if self.channels_last not in (None, True, False):
-            raise param_error("channels_last", owner, "None (on CUDA), true or false", self.channels_last)
-        if not isinstance(self.compile, bool):
-            raise param_error("compile", owner, "true or false", self.compile)
+        vars(self).update(validate("TrainConfig", _TRAIN_RULES, **{k: getattr(self, k) for k in _TRAIN_RULES}))
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """bf16 when asked for, or by default on a CUDA device that supports it; None: fp32."""

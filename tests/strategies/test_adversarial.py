@@ -201,7 +201,7 @@ def test_state_dict_round_trip(name):
 
 @pytest.mark.parametrize("options, match", [
     ({"image_size": 20}, "'image_size' parameter of strategy 'vaal' must be None or a multiple of 16"),
-    ({"iterations": 0}, "'iterations' parameter of strategy 'vaal' must be an int >= 1. Got 0"),
+    ({"iterations": 0}, "'iterations' parameter of strategy 'vaal' must be an int >= 1 or None. Got 0"),
     ({"batch_size": 2.5}, "'batch_size' parameter of strategy 'vaal' must be an int >= 1"),
     ({"lr": 0}, "'lr' parameter of strategy 'vaal' must be a float > 0"),
     ({"beta": -1}, "'beta' parameter of strategy 'vaal' must be a float >= 0"),

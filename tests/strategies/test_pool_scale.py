@@ -30,3 +30,16 @@ def test_selection_memory_grows_linearly_with_the_pool(strategy, per_sample):
     small, big = largest(strategy, 1500), largest(strategy, 3000)
     assert big <= 3000 * per_sample + 128 * 16 * 64  # never N x N, never N x D x C; a batch of activations aside
     assert big <= 2.2 * small or big <= 128 * 16 * 64  # linear (or batch-bound) in N, not quadratic
+
+
+def test_stack_rows_writes_batches_into_one_tensor_and_checks_the_count():
+    from todal.strategies.base import RowWriter, stack_rows
+
+    parts = [torch.arange(6.0).view(3, 2), torch.arange(6.0, 10.0).view(2, 2).double()]
+    out = stack_rows(5, iter(parts))
+    assert out.dtype == torch.float32 and torch.equal(out, torch.cat(parts).float())
+    short = RowWriter(6)
+    short.add(parts[0])
+    with pytest.raises(RuntimeError, match="got 3 rows, expected 6"):
+        short.result()
+    assert stack_rows(0, iter([])).numel() == 0

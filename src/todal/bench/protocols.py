@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..errors import TodalError, check_choice, check_int, param_error
+from ..errors import TodalError, check_bool, check_choice, check_int, check_number, param_error
 from ..flavor import FLAVORS
+from ..train import TrainConfig
+
+_TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_drop_at", "lr_drop", "optimizer")
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,14 @@ class Protocol:
     model: str
     task: str = "classification"
     model_options: dict = field(default_factory=dict)
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_drop_at: float = 0.8
-    lr_drop: float = 0.1
+    # training: TrainConfig's fields (flat, so `--set epochs=3` works), its defaults, checked by its rules
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    momentum: float = TrainConfig.momentum
+    weight_decay: float = TrainConfig.weight_decay
+    lr_drop_at: float = TrainConfig.lr_drop_at
+    lr_drop: float = TrainConfig.lr_drop
     initial: int | float = 0.1
     budget: int | float = 0.05
     cycles: int = 7
@@ -74,7 +77,7 @@ class Protocol:
     analysis_pool: int | None = None
     score_subset: int | None = None
     requires_gpu: bool = True
-    optimizer: str = "sgd"
+    optimizer: str = TrainConfig.optimizer
     eval_batch_size: int | None = None
     dataset_options: dict = field(default_factory=dict)
     strategy_options: dict = field(default_factory=dict)
@@ -82,9 +85,9 @@ class Protocol:
     pool_size: int | None = None
 
     def train_config(self) -> dict:
-        """The `TrainConfig` fields of this protocol."""
-        keys = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_drop_at", "lr_drop", "optimizer")
-        return {k: getattr(self, k) for k in keys}
+        """The `TrainConfig` fields of this protocol, checked by TrainConfig."""
+        checked = TrainConfig(**{k: getattr(self, k) for k in _TRAIN_KEYS})
+        return {k: getattr(checked, k) for k in _TRAIN_KEYS}
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -190,24 +193,16 @@ def _coerce(key: str, text: str, default):
             raise param_error(key, owner, "an int >= 1 or a float in (0, 1]", value)
         return value
     if key == "lam":
-        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
-            return None if value is None else float(value)
-        raise param_error(key, owner, "a float > 0, or null for the flavor's", value)
+        return check_number(key, owner, value, lo=0, lo_open=True, optional=True,
+                            expected="a float > 0, or null for the flavor's")
     if key in ("analysis_pool", "eval_batch_size", "score_subset", "pool_size"):
-        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-            return value
-        raise param_error(key, owner, "an int >= 1 or null", value)
+        return check_int(key, owner, value, lo=1, optional=True, expected="an int >= 1 or null")
     if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise param_error(key, owner, "true or false", value)
-        return value
+        return check_bool(key, owner, value)
     if isinstance(default, int):
-        value = check_int(key, owner, value, lo=1)
-        return value
+        return check_int(key, owner, value, lo=1)
     if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise param_error(key, owner, "a number", value)
-        return float(value)
+        return check_number(key, owner, value)
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -246,11 +241,8 @@ def protocol(name: str, overrides: dict[str, str] | list[str] | None = None,
         changes[key] = _coerce(key, text, getattr(base, key))
     p = dataclasses.replace(base, **changes)
     check_choice("flavor", "bench protocol (--set)", p.flavor, FLAVORS)
-    check_choice("optimizer", "bench protocol (--set)", p.optimizer, ("sgd", "adam"))
-    if not 0 < p.lr_drop_at <= 1:
-        raise param_error("lr_drop_at", "bench protocol (--set)", "a float in (0, 1]", p.lr_drop_at)
-    if not 0 <= p.ema_decay < 1:
-        raise param_error("ema_decay", "bench protocol (--set)", "a float in [0, 1)", p.ema_decay)
+    p.train_config()  # TrainConfig's rules
+    check_number("ema_decay", "bench protocol (--set)", p.ema_decay, lo=0, hi=1, hi_open=True)
     return p
 
 
@@ -276,7 +268,7 @@ def measure_step_time(p: Protocol, in_channels: int, image_size: int | tuple[int
     """Seconds of one optimizer step of the protocol's model at its batch size on `device` (best of
     `repeats`), on `image_size` inputs (an int for a square); segmentation steps have per-pixel labels."""
     from .. import models
-    from ..train import TrainConfig, make_optimizer
+    from ..train import make_optimizer
 
     device = torch.device(device)
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

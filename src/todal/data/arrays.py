@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, check_int, param_error
+from ..errors import TodalError, check_bool, check_int, param_error
 
 _OWNER = "ArrayDataset"
 
@@ -93,10 +93,8 @@ class ArrayDataset:
         if len(x) != len(y):
             raise TodalError(f"x has {len(x)} samples but y has {len(y)}; give one label per image.")
         num_classes = check_int("num_classes", _OWNER, num_classes, lo=1)
-        num_classes = int(num_classes)
         crop_padding = check_int("crop_padding", _OWNER, crop_padding, lo=0)
-        if not isinstance(hflip, (bool, np.bool_)):
-            raise param_error("hflip", _OWNER, "a bool", hflip)
+        hflip = check_bool("hflip", _OWNER, hflip)
         if x.is_floating_point():
             x = x.float()
             bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)

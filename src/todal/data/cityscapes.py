@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, check_int, param_error
+from ..errors import TodalError, check_int
 from . import _paths
 from .scenes import PairAugment, SegmentationData
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_int, check_number, param_error
 from .arrays import ArrayDataset, channel_stats, stratified_split
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -119,8 +119,8 @@ def read_image_folder(root: str | os.PathLike, *, image_size: int | tuple[int, i
     """
     root = Path(root).expanduser()
     size = _size(image_size, "image_size")
-    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
-        raise param_error("resize", "read_image_folder", "a positive int (the shorter side)", resize)
+    resize = check_int("resize", "read_image_folder", resize, lo=1, optional=True,
+                       expected="a positive int (the shorter side) or None")
     crop = None if center_crop is None else _size(center_crop, "center_crop")
     if crop is None and resize is not None:
         crop = (resize, resize)
@@ -128,8 +128,7 @@ def read_image_folder(root: str | os.PathLike, *, image_size: int | tuple[int, i
         resize = max(crop)
     if crop is not None and resize < max(crop):
         raise param_error("resize", "read_image_folder", f">= the crop size {max(crop)}", resize)
-    if not (isinstance(test_fraction, (int, float)) and 0 <= test_fraction < 1):
-        raise param_error("test_fraction", "read_image_folder", "a float in [0, 1)", test_fraction)
+    test_fraction = check_number("test_fraction", "read_image_folder", test_fraction, lo=0, hi=1, hi_open=True)
 
     if (root / "train").is_dir() and (root / "test").is_dir():
         train_files, train_y, classes = _scan(root / "train", None)

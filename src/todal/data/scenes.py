@@ -25,11 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, check_int, param_error
+from ..errors import Int, TodalError, check_bool, check_int, param_error, validate
 from .transforms import normalize
 
 ITEM = 28  # Fashion-MNIST items are 28x28
 _OWNER = "read_fashion_mnist_scenes"
+_SCENE_RULES = {"size": Int(lo=1), "seed": Int(lo=0), "canvas": Int(lo=2 * ITEM), "min_items": Int(lo=1),
+                "jitter": Int(lo=0), "padding": Int(lo=0), "threshold": Int(lo=0, hi=254, expected="an int in [0, 255)")}
 
 
 class PairAugment:
@@ -51,8 +53,7 @@ class PairAugment:
             if len(crop) != 2 or not all(isinstance(v, int) and v > 0 for v in crop):
                 raise param_error("crop", "PairAugment", "a positive int, (height, width) or None", crop)
         padding = check_int("padding", "PairAugment", padding, lo=0)
-        if not isinstance(hflip, bool):
-            raise param_error("hflip", "PairAugment", "a bool", hflip)
+        hflip = check_bool("hflip", "PairAugment", hflip)
         self.crop, self.padding, self.hflip = crop, padding, hflip
         self.fill, self.mask_fill = fill, mask_fill
 
@@ -167,15 +168,11 @@ class FashionMNISTScenes(SegmentationData):
         if len(images) == 0 or len(labels) != len(images):
             raise TodalError(f"{_OWNER} got {len(images)} items and {len(labels)} labels; give one label per "
                              "item and at least one item.")
-        for key, v, lo in (("size", size, 1), ("seed", seed, 0), ("canvas", canvas, 2 * ITEM),
-                           ("min_items", min_items, 1), ("jitter", jitter, 0), ("padding", padding, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise param_error(key, _OWNER, f"an int >= {lo}", v)
-        if isinstance(max_items, bool) or not isinstance(max_items, int) or not min_items <= max_items <= 4:
-            raise param_error("max_items", _OWNER, f"an int in [min_items={min_items}, 4] (one item a quadrant)",
-                              max_items)
-        if isinstance(threshold, bool) or not isinstance(threshold, int) or not 0 <= threshold < 255:
-            raise param_error("threshold", _OWNER, "an int in [0, 255)", threshold)
+        size, seed, canvas, min_items, jitter, padding, threshold = validate(
+            _OWNER, _SCENE_RULES, size=size, seed=seed, canvas=canvas, min_items=min_items, jitter=jitter,
+            padding=padding, threshold=threshold).values()
+        max_items = check_int("max_items", _OWNER, max_items, lo=min_items, hi=4,
+                              expected=f"an int in [min_items={min_items}, 4] (one item a quadrant)")
         if split not in ("train", "test"):
             raise param_error("split", _OWNER, "'train' or 'test'", split)
         self.items_x, self.items_y = images.contiguous(), labels.contiguous()

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..errors import TodalError, check_int, param_error
+from ..errors import TodalError, check_bool, check_int, param_error
 
 BatchFn = Callable[..., Tensor]
 
@@ -54,8 +54,7 @@ class BatchAugment:
 
     def __init__(self, crop_padding: int = 0, hflip: bool = False):
         crop_padding = check_int("crop_padding", "BatchAugment", crop_padding, lo=0)
-        if not isinstance(hflip, bool):
-            raise param_error("hflip", "BatchAugment", "a bool", hflip)
+        hflip = check_bool("hflip", "BatchAugment", hflip)
         self.crop_padding, self.hflip = crop_padding, hflip
 
     @property

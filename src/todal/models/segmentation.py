@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, param_error
+from ..errors import TodalError, check_number
 from . import register
 from .resnet import BasicBlock
 
@@ -28,8 +28,7 @@ class Segmenter(nn.Module, abc.ABC):
 
     def __init__(self, feature_dim: int, num_classes: int, *, second_head: bool = False, dropout: float = 0.0):
         super().__init__()
-        if not 0 <= dropout < 1:
-            raise param_error("dropout", type(self).__name__, "a float in [0, 1)", dropout)
+        dropout = check_number("dropout", type(self).__name__, dropout, lo=0, hi=1, hi_open=True)
         self.feature_dim = feature_dim
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(feature_dim, num_classes)

@@ -26,7 +26,7 @@ import contextlib
 import fcntl
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ from torch import nn
 from .. import distributed, models
 from ..atomic import torch_save, write_with
 from ..ema import EMA
-from ..errors import TodalError, check_choice, check_int, param_error
+from ..errors import Int, Real, TodalError, check_choice, check_int, validate
 from ..flavor import flavor_for
 from ..inference import predict
 from ..labeled import PoolLabels
@@ -52,6 +52,9 @@ from .store import DB_NAME, Store
 FLUSH_ROWS = 4096  # decoded images held before they are written to the cache
 FLAVOR = flavor_for("default")  # λ, Eq. 7's scale and COD's first pick: todal.flavor says why
 DEFAULT_TRAIN = {"epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "lr_drop_at": 0.8}
+
+_INIT_RULES = {"size": Int(lo=4, hi=1024, expected="an int in [4, 1024] (pixels)"),
+               "holdout": Real(lo=0, hi=1, lo_open=True, hi_open=True), "seed_batch": Int(lo=1)}
 
 
 def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -135,11 +138,8 @@ class Project:
         else:
             check_choice("task", "todal init", task, ("classification", "segmentation"))
             check_choice("channels", "todal init", channels, ("auto", "1", "3"))
-            if isinstance(size, bool) or not isinstance(size, int) or not 4 <= size <= 1024:
-                raise param_error("size", "todal init", "an int in [4, 1024] (pixels)", size)
-            if not 0 < holdout < 1:
-                raise param_error("holdout", "todal init", "a float in (0, 1)", holdout)
-            seed_batch = check_int("seed_batch", "todal init", seed_batch, lo=1)
+            size, holdout, seed_batch = validate("todal init", _INIT_RULES, size=size, holdout=holdout,
+                                                 seed_batch=seed_batch).values()
             if model not in models.names():
                 raise TodalError(f"Unknown model {model!r}. Valid: {', '.join(models.names())}.")
             TrainConfig(**{**DEFAULT_TRAIN, **(train or {})})  # refuses bad settings before anything is written

@@ -383,7 +383,7 @@ class Store:
         """Take back the annotator's latest answer that still stands; the sample is leased back to them."""
         now = time.time()
         with self._write() as con:
-            row = con.execute(f"""SELECT l.sample FROM labels l WHERE l.annotator = ? AND l.kind != 'undo'
+            row = con.execute("""SELECT l.sample FROM labels l WHERE l.annotator = ? AND l.kind != 'undo'
                                   AND l.id IN (SELECT MAX(id) FROM labels GROUP BY sample)
                                   ORDER BY l.id DESC LIMIT 1""", (annotator,)).fetchone()
             if row is None:

@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, param_error
+from ..errors import Int, Real, TodalError, check_number, validate
 from ..inference import fetch
 from . import register
-from .base import Context, ScoreStrategy
+from .base import Context, RowWriter, ScoreStrategy
 from .learning_loss import DETACH_AT, HIDDEN, MARGIN, WEIGHT, LearningLoss
 
 # ---------------------------------------------------------------- pure losses and scores
@@ -182,17 +182,12 @@ def build_networks(arch: dict) -> nn.ModuleDict:
 # ---------------------------------------------------------------- strategies
 
 
-def _int_option(name: str, owner: str, value, low: int = 1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise param_error(name, owner, f"an int >= {low}", value)
-    return value
-
-
-def _float_option(name: str, owner: str, value, *, positive: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        raise param_error(name, owner, "a float > 0" if positive else "a float >= 0", value)
-    return float(value)
+_ADVERSARIAL_RULES = {
+    "iterations": Int(lo=1, optional=True), "batch_size": Int(lo=1), "z_dim": Int(lo=1), "width": Int(lo=1),
+    "disc_width": Int(lo=1), "beta": Real(lo=0), "adversary_weight": Real(lo=0), "lr": Real(lo=0, lo_open=True),
+    "image_size": Int(lo=16, multiple_of=16, optional=True, expected="None or a multiple of 16 (16, 32, 64, ...)",
+                      fix="The VAE's four stride-2 convolutions need it; the authors use 32."),
+}
 
 
 class _Adversarial(ScoreStrategy):
@@ -225,20 +220,9 @@ class _Adversarial(ScoreStrategy):
                  disc_width: int = 128, image_size: int | None = None, beta: float = 1.0, adversary_weight: float = 1.0,
                  lr: float = 5e-4, **unknown):
         super().__init__(**unknown)  # unknown options: one TodalError naming the first
-        owner = f"strategy {self.name!r}"
-        self.iterations = None if iterations is None else _int_option("iterations", owner, iterations)
-        self.batch_size = _int_option("batch_size", owner, batch_size)
-        self.z_dim = _int_option("z_dim", owner, z_dim)
-        self.width = _int_option("width", owner, width)
-        self.disc_width = _int_option("disc_width", owner, disc_width)
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                       or image_size < 16 or image_size % 16):
-            raise param_error("image_size", owner, "None or a multiple of 16 (16, 32, 64, ...)", image_size,
-                              "The VAE's four stride-2 convolutions need it; the authors use 32.")
-        self.image_size = image_size
-        self.beta = _float_option("beta", owner, beta)
-        self.adversary_weight = _float_option("adversary_weight", owner, adversary_weight)
-        self.lr = _float_option("lr", owner, lr, positive=True)
+        vars(self).update(validate(f"strategy {self.name!r}", _ADVERSARIAL_RULES, iterations=iterations,
+                                   batch_size=batch_size, z_dim=z_dim, width=width, disc_width=disc_width,
+                                   image_size=image_size, beta=beta, adversary_weight=adversary_weight, lr=lr))
         self.arch_: dict | None = None
         self.nets_: dict | None = None
 
@@ -343,13 +327,12 @@ class _Adversarial(ScoreStrategy):
     @torch.no_grad()
     def _labeled_probability(self, ctx: Context, nets: nn.ModuleDict, candidates: Tensor, side: dict) -> Tensor:
         """`[n]` D(μ(x)) = the discriminator's probability that each candidate is labeled."""
-        vae, disc, out, start = nets["vae"], nets["discriminator"], [], 0
+        vae, disc, out = nets["vae"], nets["discriminator"], RowWriter(len(candidates))
         for _, x in ctx.batches(candidates, f"scoring {self.name}"):
-            pos = torch.arange(start, start + len(x))
-            start += len(x)
+            pos = torch.arange(out.pos, out.pos + len(x))
             mu = vae.encode(vae.prepare(x.float()))[0]
-            out.append(torch.sigmoid(disc(self._disc_input(mu, side, "u", pos))).flatten().float().cpu())
-        return torch.cat(out)
+            out.add(torch.sigmoid(disc(self._disc_input(mu, side, "u", pos))).flatten())
+        return out.result()
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         """1 - D(μ(x)): the candidates the discriminator rates least likely to be labeled score highest."""
@@ -433,7 +416,7 @@ class SRAAL(_Adversarial):
 
     def __init__(self, *, sti_weight: float = 1.0, **options):
         super().__init__(**options)
-        self.sti_weight = _float_option("sti_weight", f"strategy {self.name!r}", sti_weight)
+        self.sti_weight = check_number("sti_weight", f"strategy {self.name!r}", sti_weight, lo=0)
 
     def _classes(self, ctx: Context) -> int:
         return int(ctx.task.num_classes) if ctx.labels.dim() == 1 and self.sti_weight > 0 else 0

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, check_int, check_number, param_error
+from ..errors import TodalError, check_int, check_number
 from ..inference import eval_mode
 from ..models import check_head, head_of
 from . import register
-from .base import Context, Strategy, bounded, feature_dim
+from .base import Context, RowWriter, Strategy, bounded, feature_dim
 
 
 def gradient_factors(probs: Tensor) -> Tensor:
@@ -33,16 +33,17 @@ def sq_distances_to(a: Tensor, h: Tensor, center: int, sq_norms: Tensor | None =
     ||a_i||²·||h_i||² when precomputed. The dot products run in the inputs' precision (float32:
     the per-center update is the hot loop), the sum in float64."""
     if sq_norms is None:
-        sq_norms = _sq_norms(a, h, chunk)
+        sq_norms = _sq_norms(a, h)
     ac, hc = a[center], h[center]
-    cross = torch.cat([(a[s : s + chunk] @ ac).double() * (h[s : s + chunk] @ hc).double()
-                       for s in range(0, len(a), chunk)])  # (N,) = <g_i, g_center>
-    d2 = (sq_norms + sq_norms[center] - 2 * cross).clamp_min(0)
+    d2 = torch.empty(len(a), dtype=torch.float64)  # filled with <g_i, g_center>, then turned into distances
+    for s in range(0, len(a), chunk):
+        torch.mul((a[s : s + chunk] @ ac).double(), (h[s : s + chunk] @ hc).double(), out=d2[s : s + chunk])
+    d2.mul_(-2).add_(sq_norms).add_(sq_norms[center]).clamp_min_(0)
     d2[center] = 0.0
     return d2
 
 
-def _sq_norms(a: Tensor, h: Tensor, chunk: int = 65536) -> Tensor:
+def _sq_norms(a: Tensor, h: Tensor, chunk: int = 8192) -> Tensor:
     """`[N]` ||g_i||² = ||a_i||²·||h_i||² in float64."""
     return torch.cat([a[s : s + chunk].double().pow(2).sum(1) * h[s : s + chunk].double().pow(2).sum(1)
                       for s in range(0, len(a), chunk)])
@@ -69,7 +70,7 @@ def kmeans_pp(a: Tensor, h: Tensor, k: int, generator: torch.Generator) -> Tenso
         nxt = int(torch.multinomial(weights, 1, generator=generator))
         picks.append(nxt)
         chosen[nxt] = True
-        d2 = torch.minimum(d2, sq_distances_to(a, h, nxt, sq_norms))
+        torch.minimum(d2, sq_distances_to(a, h, nxt, sq_norms), out=d2)
     return torch.tensor(picks, dtype=torch.long)
 
 
@@ -85,17 +86,18 @@ def outputs_and_features(ctx: Context, model: nn.Module, indices: Tensor, desc: 
         return ctx.outputs(model, indices, desc), ctx.embeddings(indices, model, desc)
     captured: list[Tensor] = []
     handle = head.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
-    outs, feats = [], []
+    outs, feats = RowWriter(len(indices)), RowWriter(len(indices))
     try:
         with eval_mode(model):
             for _, x in ctx.batches(indices, desc):
                 captured.clear()
-                outs.append(model(x).float().cpu())
-                check_head(model, head, outs[-1])
-                feats.append(captured[-1].flatten(1).float().cpu())
+                out = model(x)
+                check_head(model, head, out)
+                outs.add(out)
+                feats.add(captured[-1].flatten(1))
     finally:
         handle.remove()
-    return torch.cat(outs), torch.cat(feats)
+    return outs.result(), feats.result()
 
 
 @register

@@ -14,11 +14,11 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ..errors import TodalError, check_choice, param_error
+from ..errors import TodalError, check_choice, check_int, check_number
 from ..models import Classifier, dropout_active, with_dropout
 from ..models.segmentation import Segmenter
 from . import register
-from .base import Context, ScoreStrategy, per_sample_mean
+from .base import Context, RowWriter, ScoreStrategy, per_sample_mean
 
 
 def _entropy(probs: Tensor, dim: int) -> Tensor:
@@ -176,22 +176,19 @@ class _MCDropout(ScoreStrategy):
     def __init__(self, passes: int = 20, p: float = 0.5, **unknown):
         super().__init__(**unknown)
         owner = f"strategy {self.name!r}"
-        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 2:
-            raise param_error("passes", owner, "an int >= 2", passes, "The default is 20.")
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise param_error("p", owner, "a float in [0, 1)", p)
-        self.passes, self.p = passes, float(p)
+        self.passes = check_int("passes", owner, passes, lo=2, fix="The default is 20.")
+        self.p = check_number("p", owner, p, lo=0, hi=1, hi_open=True)
 
     def _scores(self, ctx: Context, candidates: Tensor) -> tuple[Tensor, Tensor]:
         """`[n]` acquisition scores and `[n]` predictive entropies (the tie-break) of `candidates`."""
         model = ctx.model if has_dropout(ctx.model) else self._with_dropout(ctx.model).to(ctx.device)
-        scores, entropies = [], []
+        scores, entropies = RowWriter(len(candidates)), RowWriter(len(candidates))
         with ctx.seeded(), dropout_active(model):
             for _, x in ctx.batches(candidates, f"scoring {self.name}"):
                 s, e = stochastic_scores(model, ctx.task, x, self.passes, ctx.batch_size, self.acquisition)
-                scores.append(s.cpu())
-                entropies.append(e.cpu())
-        return torch.cat(scores), torch.cat(entropies)
+                scores.add(s)
+                entropies.add(e)
+        return scores.result(), entropies.result()
 
     def _with_dropout(self, model: nn.Module) -> nn.Module:
         try:

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, check_choice, check_int, param_error
+from ..errors import TodalError, check_choice, check_int, check_number
 from ..inference import eval_mode, fetch
 from ..models import head_of
 from ..train import TrainConfig, fit
 from . import register
-from .base import Context, ScoreStrategy, per_sample_mean
+from .base import Context, RowWriter, ScoreStrategy, per_sample_mean
 from .badge import outputs_and_features
 
 
@@ -101,12 +101,10 @@ class QBC(ScoreStrategy):
         self.disagreement = check_choice("disagreement", owner, disagreement, DISAGREEMENTS)
         self.committee = check_choice("committee", owner, committee, ("bootstrap", "snapshot"))
         self.scope = check_choice("scope", owner, scope, ("head", "all"))
-        members = check_int("members", owner, members, lo=2)
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-            raise param_error("epochs", owner, "an int >= 1 or None (20 for scope 'head', 2 for 'all')", epochs)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-            raise param_error("lr", owner, "a float > 0", lr)
-        self.members, self.lr, self.epochs = members, float(lr), epochs
+        self.members = check_int("members", owner, members, lo=2)
+        self.epochs = check_int("epochs", owner, epochs, lo=1, optional=True,
+                                expected="an int >= 1 or None (20 for scope 'head', 2 for 'all')")
+        self.lr = check_number("lr", owner, lr, lo=0, lo_open=True)
         # ActiveLoop keeps an EMA teacher only for strategies that ask for one.
         self.needs_ema = committee == "snapshot"
 
@@ -192,13 +190,13 @@ class QBC(ScoreStrategy):
             probs = self._head_committee(ctx, candidates)  # (M, n, C)
             return score_fn(probs), consensus_kl(probs)
         committee = self._bootstrap(ctx) if self.committee == "bootstrap" else self._snapshot(ctx)
-        scores, kls = [], []
+        scores, kls = RowWriter(len(candidates)), RowWriter(len(candidates))
         with torch.no_grad(), eval_mode(*committee):
             for _, x in ctx.batches(candidates, f"scoring {self.name}"):
                 probs = torch.stack([ctx.task.probs(m(x).float()) for m in committee])  # (M, B, C, *S)
-                scores.append(score_fn(probs).cpu())
-                kls.append(consensus_kl(probs).cpu())
-        return torch.cat(scores), torch.cat(kls)
+                scores.add(score_fn(probs))
+                kls.add(consensus_kl(probs))
+        return scores.result(), kls.result()
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         return self._scores(ctx, candidates)[0]

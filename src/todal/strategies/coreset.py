@@ -56,8 +56,8 @@ def k_center_greedy(features: Tensor, centers: Tensor, k: int, *, chunk_size: in
         is_center = torch.zeros(n, dtype=torch.bool)
         is_center[centers.long().flatten()] = True
     free = n - int(is_center.sum())
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= free:
-        raise param_error("k", "k_center_greedy", f"an int in [0, {free}] (points that are not centers)", k)
+    k = check_int("k", "k_center_greedy", k, lo=0, hi=free,
+                  expected=f"an int in [0, {free}] (points that are not centers)")
     if k == 0:
         return torch.empty(0, dtype=torch.long)
 

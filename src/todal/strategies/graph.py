@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import check_choice, param_error
+from ..errors import Int, Real, check_choice, check_int, check_number, validate
 from . import register
 from .base import Context, Strategy, top_k
 from .coreset import k_center_greedy
@@ -145,8 +145,11 @@ def uncertain_gcn_score(scores: Tensor, margin: float = 0.1) -> Tensor:
     return -(scores - margin).abs()
 
 
-def _is_int(v, low: int) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+_GCN_RULES = {
+    "subset": Int(lo=1, optional=True, expected="an int >= 1 or None (the whole pool)"), "hidden": Int(lo=1),
+    "dropout": Real(lo=0, hi=1, hi_open=True), "epochs": Int(lo=1), "lr": Real(lo=0, lo_open=True),
+    "weight_decay": Real(lo=0), "lambda_loss": Real(lo=0),
+}
 
 
 class _SequentialGCN(Strategy):
@@ -163,23 +166,9 @@ class _SequentialGCN(Strategy):
     def __init__(self, subset: int | None = 10_000, hidden: int = 128, dropout: float = 0.3, epochs: int = 200,
                  lr: float = 1e-3, weight_decay: float = 5e-4, lambda_loss: float = 1.2):
         super().__init__()
-        owner = f"strategy {self.name!r}"
-        if subset is not None and not _is_int(subset, 1):
-            raise param_error("subset", owner, "an int >= 1 or None (the whole pool)", subset)
-        if not _is_int(hidden, 1):
-            raise param_error("hidden", owner, "an int >= 1", hidden)
-        if not _is_int(epochs, 1):
-            raise param_error("epochs", owner, "an int >= 1", epochs)
-        for key, value, ok, expected in (
-            ("dropout", dropout, lambda v: 0 <= v < 1, "a float in [0, 1)"),
-            ("lr", lr, lambda v: v > 0, "a float > 0"),
-            ("weight_decay", weight_decay, lambda v: v >= 0, "a float >= 0"),
-            ("lambda_loss", lambda_loss, lambda v: v >= 0, "a float >= 0"),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
-                raise param_error(key, owner, expected, value)
-        self.subset, self.hidden, self.dropout, self.epochs = subset, hidden, float(dropout), epochs
-        self.lr, self.weight_decay, self.lambda_loss = float(lr), float(weight_decay), float(lambda_loss)
+        vars(self).update(validate(f"strategy {self.name!r}", _GCN_RULES, subset=subset, hidden=hidden,
+                                   dropout=dropout, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                   lambda_loss=lambda_loss))
         self.gcn_: GCN | None = None
         self.nodes_: Tensor | None = None  # dataset indices of the graph's nodes: subset, then labeled
 
@@ -232,9 +221,7 @@ class UncertainGCN(_SequentialGCN):
 
     def __init__(self, margin: float = 0.1, **options):
         super().__init__(**options)
-        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
-            raise param_error("margin", f"strategy {self.name!r}", "a float in [0, 1]", margin)
-        self.margin = float(margin)
+        self.margin = check_number("margin", f"strategy {self.name!r}", margin, lo=0, hi=1)
 
     def _choose(self, ctx, k, scores, hidden, features, n_sub):
         return top_k(uncertain_gcn_score(scores[:n_sub], self.margin), k)
@@ -251,9 +238,7 @@ class CoreGCN(_SequentialGCN):
         super().__init__(**options)
         owner = f"strategy {self.name!r}"
         self.kcenter_features = check_choice("kcenter_features", owner, kcenter_features, ("gcn", "task"))
-        if not _is_int(chunk_size, 1):
-            raise param_error("chunk_size", owner, "an int >= 1", chunk_size)
-        self.chunk_size = chunk_size
+        self.chunk_size = check_int("chunk_size", owner, chunk_size, lo=1)
 
     def _choose(self, ctx, k, scores, hidden, features, n_sub):
         space = hidden if self.kcenter_features == "gcn" else F.normalize(features.float(), dim=1)

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import TodalError, check_int, param_error
+from ..errors import Int, Real, TodalError, param_error, validate
 from ..inference import eval_mode
 from ..objectives import Objective
 from . import register
-from .base import Context, ScoreStrategy
+from .base import Context, RowWriter, ScoreStrategy
 
 MARGIN = 1.0  # ξ, config.py
 WEIGHT = 1.0  # λ, config.py
@@ -165,17 +165,16 @@ class _Taps:
         self.handles = []
 
 
+_LL4AL_RULES = {"hidden": Int(lo=1), "margin": Real(lo=0), "weight": Real(lo=0),
+                "detach_at": Real(lo=0, hi=1, expected="a float in [0, 1] (a fraction of the epochs)")}
+
+
 def _check_options(owner: str, layers, hidden, margin, weight, detach_at) -> None:
     if layers is not None and (not isinstance(layers, (list, tuple)) or not layers
                                or not all(isinstance(n, str) and n for n in layers)):
         raise param_error("layers", owner, "None or a non-empty list of module names", layers,
                           "For example layers=['stage1', 'stage2'].")
-    hidden = check_int("hidden", owner, hidden, lo=1)
-    for name, v in (("margin", margin), ("weight", weight)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-            raise param_error(name, owner, "a float >= 0", v)
-    if isinstance(detach_at, bool) or not isinstance(detach_at, (int, float)) or not 0 <= detach_at <= 1:
-        raise param_error("detach_at", owner, "a float in [0, 1] (a fraction of the epochs)", detach_at)
+    validate(owner, _LL4AL_RULES, hidden=hidden, margin=margin, weight=weight, detach_at=detach_at)
 
 
 class LossPrediction(Objective):
@@ -287,14 +286,14 @@ class LearningLoss(ScoreStrategy):
             net = self.objective.build(taps.channels) if self.objective.net is not None else \
                 self._untrained_net(ctx, taps.channels)
             net.to(ctx.device)
-            out = []
+            out = RowWriter(len(indices))
             with eval_mode(ctx.model, net):
                 for _, x in ctx.batches(indices, f"scoring {self.name}"):
                     ctx.model(x)
-                    out.append(net(taps.take()).float().cpu())
+                    out.add(net(taps.take()))
         finally:
             taps.remove()
-        return torch.cat(out) if out else torch.empty(0)
+        return out.result()
 
     def score(self, ctx: Context, candidates: Tensor) -> Tensor:
         return self.predicted_loss(ctx, candidates)
