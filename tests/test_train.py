@@ -164,3 +164,42 @@ def test_sync_bn_on_cpu_is_refused_in_a_data_parallel_run(monkeypatch):
     with pytest.raises(TodalError, match="sync_bn needs CUDA devices .* norm='group'"):
         fit(mlp(), Classification(3), blobs(40, 0), torch.arange(40), cfg=TrainConfig(epochs=1, sync_bn=True),
             generator=torch.Generator().manual_seed(0))
+
+
+def test_inputs_held_on_a_device_keep_the_given_labels_and_train_the_same(monkeypatch):
+    """`on_device` (a GPU: in-memory inputs moved once) must not change training; the labels stay the
+    pool's given ones, not the dataset's own (they differ here)."""
+    from todal import train as train_mod
+    from todal.data import read_digits
+    from todal.inference import DeviceInputs, on_device
+    from todal.labeled import PoolLabels
+    from todal.models import get
+
+    data, _ = read_digits()
+    given = (data.y + 1) % 10  # a person's labels, not the dataset's
+    pool = PoolLabels(data, given)
+    held = DeviceInputs(pool, data.x.clone())
+    idx = torch.tensor([5, 0, 7])
+    x, y = held.batch(idx)
+    assert torch.equal(x, data.x[idx]) and torch.equal(y, given[idx]) and not torch.equal(y, data.y[idx])
+    assert torch.equal(held.inputs(idx), data.x[idx]) and held.mean == data.mean  # metadata: the dataset's
+
+    # where it applies: in-memory inputs, a device they are not on (meta stands in for a GPU here)
+    assert isinstance(on_device(pool, torch.device("meta")), DeviceInputs)
+    assert isinstance(on_device(torch.utils.data.TensorDataset(data.x, data.y), torch.device("meta")), DeviceInputs)
+    assert on_device(pool, torch.device("cpu")) is pool  # already there
+    lazy = [data[i] for i in range(10)]
+    assert on_device(lazy, torch.device("meta")) is lazy
+
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.05)
+
+    def run():
+        torch.manual_seed(0)
+        m = get("small_cnn", in_channels=1, num_classes=10, width=0.25)
+        fit(m, Classification(10), pool, torch.arange(160), cfg=cfg, generator=torch.Generator().manual_seed(0))
+        return m
+
+    plain = run()
+    monkeypatch.setattr(train_mod, "on_device", lambda ds, device: DeviceInputs(ds, data.x.clone()))
+    moved = run()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), moved.state_dict().values()))

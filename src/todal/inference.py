@@ -45,6 +45,62 @@ def is_lazy(dataset) -> bool:
     return not hasattr(dataset, "batch") and not isinstance(dataset, TensorDataset)
 
 
+DEVICE_SHARE = 0.25  # in-memory inputs move to a GPU once when they take at most this share of its free memory
+
+
+class DeviceInputs:
+    """An in-memory dataset with its inputs held on a device: batches are gathered there, so training
+    copies nothing from the host per step. Labels are read as the wrapped dataset gives them (a
+    `PoolLabels`' given labels, else the dataset's own); everything else is the dataset's."""
+
+    def __init__(self, dataset, x: Tensor):
+        self.dataset, self.x = dataset, x
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def inputs(self, idx) -> Tensor:
+        return self.x[torch.as_tensor(idx, dtype=torch.long).to(self.x.device)]
+
+    def batch(self, idx) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if hasattr(self.dataset, "labels_of"):
+            y = self.dataset.labels_of(idx)
+        elif isinstance(self.dataset, TensorDataset):
+            y = self.dataset.tensors[1][idx]
+        elif isinstance(getattr(self.dataset, "y", None), Tensor):
+            y = self.dataset.y[idx]
+        else:
+            y = fetch(self.dataset, idx)[1]
+        return self.inputs(idx), y
+
+
+def on_device(dataset, device: torch.device, *, share: float = DEVICE_SHARE):
+    """`dataset` with its inputs moved to `device` once (`DeviceInputs`), where that is possible and
+    pays: a CUDA device, inputs held in one tensor (`ArrayDataset`, a 2-tensor `TensorDataset`, either
+    inside `PoolLabels`) taking at most `share` of the device's free memory. Else `dataset` itself."""
+    base = dataset
+    while hasattr(base, "labels_of") and hasattr(base, "dataset"):  # PoolLabels: labels kept apart
+        base = base.dataset
+    if isinstance(base, TensorDataset) and len(base.tensors) == 2:
+        x = base.tensors[0]
+    else:
+        x = getattr(base, "x", None) if hasattr(base, "batch") else None
+    if not isinstance(x, Tensor) or getattr(base, "train_pair_transform", None) is not None:
+        return dataset
+    if device.type == "cuda":
+        if x.nbytes > share * torch.cuda.mem_get_info(device)[0]:
+            return dataset
+    elif device.type == x.device.type:
+        return dataset  # already there
+    return DeviceInputs(dataset, x.to(device))
+
+
 def read_workers(dataset, workers: int | None = None) -> int:
     """Worker processes that read `dataset`'s batches: `workers`, else the environment's
     TODAL_READ_WORKERS, else none. Set it for a lazy dataset whose samples are slow to read (large

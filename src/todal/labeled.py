@@ -49,7 +49,8 @@ class PoolLabels:
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-    def _labels(self, idx: Tensor) -> Tensor:
+    def labels_of(self, idx: Tensor) -> Tensor:
+        """The given labels of `idx` `[B]`; refuses a sample that has none."""
         if callable(self.labels):
             return self.labels(idx)
         y = self.labels[idx]
@@ -65,7 +66,7 @@ class PoolLabels:
 
     def batch(self, idx) -> tuple[Tensor, Tensor]:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return self.inputs(idx), self._labels(idx)
+        return self.inputs(idx), self.labels_of(idx)
 
     def __getitem__(self, i) -> tuple[Tensor, Tensor]:
         x, y = self.batch(torch.tensor([int(i)]))

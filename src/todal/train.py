@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .ema import EMA
 from .errors import Bool, Choice, Int, Real, TodalError, check_choice, param_error, validate
-from .inference import Transform, fetch, fetch_inputs, is_lazy, read, train_transform
+from .inference import Transform, fetch, fetch_inputs, is_lazy, on_device, read, train_transform
 from .objectives import Consistency, Eq7Consistency, Objective, OfficialConsistency
 from .tasks import Task
 
@@ -249,6 +249,8 @@ def fit(
     # a dataset read a sample at a time: its batches are read ahead (by worker processes, `read`), so the
     # epoch's unlabeled batches are drawn up front; the results do not depend on the number of workers
     lazy = is_lazy(dataset)
+    if not lazy:
+        dataset = on_device(dataset, device)  # on a GPU: in-memory inputs moved there once
 
     t0, steps, epoch_loss, epoch_losses = time.perf_counter(), 0, float("nan"), []
     bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")
