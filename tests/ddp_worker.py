@@ -34,7 +34,7 @@ def worker(rank: int, world: int, port: int, args) -> None:
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=20))
+                                timeout=datetime.timedelta(seconds=120))  # a loaded machine: ranks wait long
     if args.crash_rank == rank:
         real = todal.loop.fit
 
