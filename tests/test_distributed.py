@@ -15,7 +15,7 @@ WORKER = Path(__file__).parent / "ddp_worker.py"
 def run(workdir, strategy, world, *extra, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, str(WORKER), str(workdir), strategy, str(world), *extra], env=env,
-                       capture_output=True, text=True, timeout=240)
+                       capture_output=True, text=True, timeout=600)
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
     return p

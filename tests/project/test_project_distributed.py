@@ -24,10 +24,10 @@ def test_a_labeling_step_under_torchrun_matches_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     step = ["-m", "todal", "step", "--budget", "12", "--strategy", "cod", "--semi", "--quiet"]
     one = subprocess.run([sys.executable, *step[:3], str(projects["one"].root), *step[3:]], env=env,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=600)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                           str(free_port()), *step[:3], str(projects["two"].root), *step[3:]], env=env,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("step 1: trained on") == 1  # rank 0 alone prints
