@@ -7,6 +7,8 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 
 class TodalError(ValueError):
     """Bad input: the message says what was expected, what was received, and how to fix it."""
@@ -77,7 +79,7 @@ def check_bool(name: str, owner: str, value, *, optional: bool = False, expected
     """True or False (numpy's bool too); None when `optional`."""
     if optional and value is None:
         return None
-    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise param_error(name, owner, expected or ("true, false or None" if optional else "true or false"), value, fix)
 

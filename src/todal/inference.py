@@ -48,21 +48,31 @@ def is_lazy(dataset) -> bool:
 DEVICE_SHARE = 0.25  # in-memory inputs move to a GPU once when they take at most this share of its free memory
 
 
-class DeviceInputs:
-    """An in-memory dataset with its inputs held on a device: batches are gathered there, so training
-    copies nothing from the host per step. Labels are read as the wrapped dataset gives them (a
-    `PoolLabels`' given labels, else the dataset's own); everything else is the dataset's."""
+class DatasetView:
+    """A wrapper that changes how a dataset's batches are read and is the dataset for everything else
+    (`len`, `mean`, `std`, `crop_padding`, `train_pair_transform`, `name`, ...): `PoolLabels`, `DeviceInputs`."""
 
-    def __init__(self, dataset, x: Tensor):
-        self.dataset, self.x = dataset, x
+    def __init__(self, dataset):
+        self.dataset = dataset
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getattr__(self, name: str):
+        # Only reached for attributes the view lacks: the dataset's metadata and transforms.
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+class DeviceInputs(DatasetView):
+    """An in-memory dataset with its inputs held on a device: batches are gathered there, so training
+    copies nothing from the host per step. Labels are read as the wrapped dataset gives them (a
+    `PoolLabels`' given labels, else the dataset's own)."""
+
+    def __init__(self, dataset, x: Tensor):
+        super().__init__(dataset)
+        self.x = x
 
     def inputs(self, idx) -> Tensor:
         return self.x[torch.as_tensor(idx, dtype=torch.long).to(self.x.device)]
@@ -85,7 +95,7 @@ def on_device(dataset, device: torch.device, *, share: float = DEVICE_SHARE):
     pays: a CUDA device, inputs held in one tensor (`ArrayDataset`, a 2-tensor `TensorDataset`, either
     inside `PoolLabels`) taking at most `share` of the device's free memory. Else `dataset` itself."""
     base = dataset
-    while hasattr(base, "labels_of") and hasattr(base, "dataset"):  # PoolLabels: labels kept apart
+    while isinstance(base, DatasetView):  # PoolLabels: labels kept apart
         base = base.dataset
     if isinstance(base, TensorDataset) and len(base.tensors) == 2:
         x = base.tensors[0]

@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from .errors import TodalError
-from .inference import fetch
+from .inference import DatasetView, fetch
 
 LabelSource = Tensor | Callable[[Tensor], Tensor]
 
 
-class PoolLabels:
+class PoolLabels(DatasetView):
     """`dataset` with its labels replaced: `batch(idx)` -> `(x [B, ...] of the dataset, labels of idx)`.
 
     Args:
@@ -32,22 +32,13 @@ class PoolLabels:
     """
 
     def __init__(self, dataset, labels: LabelSource):
-        self.dataset = dataset
+        super().__init__(dataset)
         if not callable(labels):
             labels = torch.as_tensor(labels, dtype=torch.long)
             if labels.dim() != 1 or len(labels) != len(dataset):
                 raise TodalError(f"PoolLabels needs one label per sample of the dataset ({len(dataset)}); "
                                  f"got shape {tuple(labels.shape)}.")
         self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getattr__(self, name: str):
-        # Only reached for attributes PoolLabels lacks: the dataset's metadata and transforms.
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
 
     def labels_of(self, idx: Tensor) -> Tensor:
         """The given labels of `idx` `[B]`; refuses a sample that has none."""
