@@ -50,7 +50,7 @@ def scenes(size: int = 48, test_size: int = 16):
 @pytest.fixture
 def tiny_scenes(monkeypatch):
     """`--dataset fashion-mnist-scenes` reads 48 train and 16 test scenes of fake items."""
-    monkeypatch.setitem(registry._REGISTRY, "fashion-mnist-scenes", lambda root=None, **kw: scenes())
+    monkeypatch.setitem(registry.REGISTRY._items, "fashion-mnist-scenes", lambda root=None, **kw: scenes())
 
 
 FAST = ["--dataset", "fashion-mnist-scenes", "--cycles", "2", "--epochs", "1", "--initial", "16", "--budget", "8",

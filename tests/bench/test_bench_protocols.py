@@ -99,7 +99,7 @@ def test_the_official_flavors_lambda_is_kept_unless_lambda_is_set(monkeypatch):
         train.name = test.name = "cifar10"
         return train, test
 
-    monkeypatch.setitem(registry._REGISTRY, "tiny-cifar10", tiny_cifar10)
+    monkeypatch.setitem(registry.REGISTRY._items, "tiny-cifar10", tiny_cifar10)
     for overrides, want in (([], 0.02), (["lam=0.05"], 0.05), (["flavor_overrides={\"lam\": 0.03}"], 0.03)):
         p, train, test = load_for("smoke", "tiny-cifar10", ["flavor=official", *overrides])
         assert p.lam == want

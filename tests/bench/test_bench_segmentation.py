@@ -37,7 +37,7 @@ def fake_reader(root=None, *, size: int = 64, test_size: int = 16, seed: int = 0
 @pytest.fixture
 def tiny_scenes(monkeypatch):
     """`fashion-mnist-scenes` composed from fake items, any number of scenes."""
-    monkeypatch.setitem(registry._REGISTRY, "fashion-mnist-scenes", fake_reader)
+    monkeypatch.setitem(registry.REGISTRY._items, "fashion-mnist-scenes", fake_reader)
 
 
 # --- protocols ------------------------------------------------------------------------------------

@@ -22,8 +22,31 @@ def test_name_normalization_and_kwargs():
 
 
 def test_register(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry.REGISTRY, "_items", dict(registry.REGISTRY._items))
     register_dataset("mine", lambda root=None, **kw: ("tr", root))
     assert load_dataset("mine", root="/r") == ("tr", "/r")
-    with pytest.raises(TodalError, match="register_dataset needs"):
-        register_dataset("", None)
+    with pytest.raises(TodalError, match="register_dataset needs a callable reader"):
+        register_dataset("x", None)
+    with pytest.raises(TodalError, match="A dataset name must be a non-empty string. Got ''"):
+        register_dataset("", lambda root=None: None)
+
+
+def test_a_name_registered_in_any_case_or_separator_is_loadable(monkeypatch):
+    monkeypatch.setattr(registry.REGISTRY, "_items", dict(registry.REGISTRY._items))
+    register_dataset("My_Data", lambda root=None, **kw: ("mine", root))
+    assert "my-data" in dataset_names()
+    for name in ("My_Data", "my-data", "MY_DATA", " my_data "):
+        assert load_dataset(name)[0] == "mine"
+
+
+def test_a_taken_dataset_name_is_refused_unless_replaced(monkeypatch):
+    monkeypatch.setattr(registry.REGISTRY, "_items", dict(registry.REGISTRY._items))
+
+    def other(root=None, **kw):
+        return "other", None
+
+    with pytest.raises(TodalError, match=r"The dataset name 'digits' is taken by todal.data.digits.read_digits; "
+                                         r"choose another name, or pass replace=True"):
+        register_dataset("Digits", other)
+    register_dataset("digits", other, replace=True)
+    assert load_dataset("digits")[0] == "other"

@@ -112,3 +112,22 @@ def test_resnet18_uses_torchvision_module_names():
         assert key in keys, key
     assert not any("shortcut" in k for k in keys)
     assert "layer1.0.downsample.0.weight" not in keys  # identity shortcut where shapes agree
+
+
+def test_a_taken_model_name_is_refused_unless_replaced(monkeypatch):
+    monkeypatch.setattr(models.REGISTRY, "_items", dict(models.REGISTRY._items))
+
+    def tiny(in_channels, num_classes):
+        return torch.nn.Linear(in_channels, num_classes)
+
+    with pytest.raises(TodalError, match=r"The model name 'small_cnn' is taken by todal.models.small_cnn"):
+        models.register("small_cnn")(tiny)
+    models.register("Small-CNN", replace=True)(tiny)
+    assert isinstance(models.get("small_cnn", in_channels=3, num_classes=2), torch.nn.Linear)
+
+
+def test_model_names_are_normalized_when_registered_and_looked_up(monkeypatch):
+    monkeypatch.setattr(models.REGISTRY, "_items", dict(models.REGISTRY._items))
+    models.register("My-Net")(lambda in_channels, num_classes: torch.nn.Linear(in_channels, num_classes))
+    assert "my_net" in models.names()
+    assert isinstance(models.get("MY_NET", in_channels=2, num_classes=2), torch.nn.Linear)

@@ -77,11 +77,11 @@ def test_a_users_strategy_passes_and_registers(tmp_path):
         assert isinstance(strategies.get("test_low_margin"), LowMargin)
         register(LowMargin)  # the same class again (a reloaded module) is fine
     finally:
-        strategies._REGISTRY.pop("test_low_margin", None)
+        strategies.REGISTRY.unregister("test_low_margin")
 
 
 def test_the_registry_refuses_empty_names_and_silent_replacements():
-    with pytest.raises(TodalError, match=r"Nameless.name is ''; a strategy needs a lower-case name"):
+    with pytest.raises(TodalError, match=r"Nameless.name is ''; a strategy needs a name of letters"):
         register(Nameless)
 
     class Entropy2(ScoreStrategy):
@@ -90,14 +90,14 @@ def test_the_registry_refuses_empty_names_and_silent_replacements():
         def score(self, ctx, candidates):
             return torch.zeros(len(candidates))
 
-    with pytest.raises(TodalError, match=r"Strategy name 'entropy' is taken by todal.strategies.uncertainty.Entropy"):
+    with pytest.raises(TodalError, match=r"The strategy name 'entropy' is taken by todal.strategies.uncertainty.Entropy"):
         register(Entropy2)
-    original = strategies._REGISTRY["entropy"]
+    original = strategies.REGISTRY.get("entropy")
     try:
         register(replace=True)(Entropy2)
         assert isinstance(strategies.get("entropy"), Entropy2)
     finally:
-        strategies._REGISTRY["entropy"] = original
+        strategies.REGISTRY.register("entropy", original, replace=True)
 
 
 def test_check_strategy_wants_a_class_not_an_instance():
@@ -130,4 +130,9 @@ def test_the_readme_strategy_example_runs_and_is_usable_by_name():
         picked = select("smallest_margin", mlp(), blobs(60, 0), 5, labeled=list(range(10)))
         assert len(picked) == 5 and min(picked.tolist()) >= 10
     finally:
-        strategies._REGISTRY.pop("smallest_margin", None)
+        strategies.REGISTRY.unregister("smallest_margin")
+
+
+def test_strategy_names_are_normalized_when_looked_up():
+    assert type(strategies.get("MC-Dropout")) is type(strategies.get("mc_dropout"))
+    assert "mc_dropout" in strategies.REGISTRY and "Ta-Vaal" in strategies.REGISTRY

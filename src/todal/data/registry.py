@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import TodalError
+from ..registry import Registry
 from .arrays import ArrayDataset
 from .cifar import read_cifar10, read_cifar100
 from .cityscapes import read_cityscapes
@@ -27,28 +28,27 @@ def _folder(root=None, **kwargs) -> tuple[ArrayDataset, ArrayDataset]:
     return read_image_folder(root, **kwargs)
 
 
-_REGISTRY: dict[str, Reader] = {
-    "digits": read_digits,
-    "fashion-mnist": read_fashion_mnist,
-    "cifar10": read_cifar10,
-    "cifar100": read_cifar100,
-    "svhn": read_svhn,
-    "folder": _folder,
-    "fashion-mnist-scenes": read_fashion_mnist_scenes,
-    "cityscapes": read_cityscapes,
-}
+REGISTRY: Registry[Reader] = Registry("dataset", sep="-")
 
 
-def register_dataset(name: str, reader: Reader) -> None:
-    """Make `load_dataset(name, root=..., **kwargs)` call `reader(root=root, **kwargs) -> (train, test)`."""
-    if not isinstance(name, str) or not name or not callable(reader):
-        raise TodalError(f"register_dataset needs a non-empty name and a callable reader; got {name!r}, {reader!r}.")
-    _REGISTRY[name] = reader
+def register_dataset(name: str, reader: Reader, *, replace: bool = False) -> None:
+    """Make `load_dataset(name, root=..., **kwargs)` call `reader(root=root, **kwargs) -> (train, test)`; the name
+    is normalized (`todal.registry`), and one another reader holds is refused unless `replace=True`."""
+    if not callable(reader):
+        raise TodalError(f"register_dataset needs a callable reader(root=..., **options) -> (train, test). Got "
+                         f"{reader!r}.")
+    REGISTRY.register(name, reader, replace=replace)
+
+
+for _name, _reader in (("digits", read_digits), ("fashion-mnist", read_fashion_mnist), ("cifar10", read_cifar10),
+                       ("cifar100", read_cifar100), ("svhn", read_svhn), ("folder", _folder),
+                       ("fashion-mnist-scenes", read_fashion_mnist_scenes), ("cityscapes", read_cityscapes)):
+    register_dataset(_name, _reader)
 
 
 def dataset_names() -> list[str]:
     """The registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(REGISTRY.names())
 
 
 def load_dataset(name_or_path: str | os.PathLike, *, root: str | os.PathLike | None = None,
@@ -59,9 +59,8 @@ def load_dataset(name_or_path: str | os.PathLike, *, root: str | os.PathLike | N
     arguments go to the reader (e.g. `crop_padding=`, `hflip=`, `image_size=`).
     """
     text = os.fspath(name_or_path)
-    key = text.strip().lower().replace("_", "-")
-    if key in _REGISTRY:
-        return _REGISTRY[key](root=root, **kwargs)
+    if text in REGISTRY:
+        return REGISTRY.get(text)(root=root, **kwargs)
     path = Path(text).expanduser()
     if path.suffix.lower() == ".npz":
         return read_npz(path, **kwargs)

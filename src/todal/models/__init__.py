@@ -10,30 +10,29 @@ from typing import Callable
 from torch import Tensor, nn
 
 from ..errors import TodalError
+from ..registry import Registry
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+REGISTRY: Registry[Callable[..., nn.Module]] = Registry("model", sep="_")
 
 
-def register(name: str):
-    """Decorator: make a model builder available to `get(name)`."""
+def register(name: str, *, replace: bool = False):
+    """Decorator: make a model builder `fn(in_channels=, num_classes=, **options)` available to `get(name)`;
+    a name another builder holds is refused unless `replace=True`."""
 
     def wrap(fn):
-        _REGISTRY[name] = fn
-        return fn
+        return REGISTRY.register(name, fn, replace=replace)
 
     return wrap
 
 
 def names() -> list[str]:
-    return list(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get(name: str, *, in_channels: int, num_classes: int, **kwargs) -> nn.Module:
     """A fresh model. Every built-in model has `embed(x)`, `head`, `feature_layers`, and options
     `second_head` (the official TOD code's extra linear head) and `dropout` (before the head)."""
-    if name not in _REGISTRY:
-        raise TodalError(f"Unknown model {name!r}. Valid: {', '.join(_REGISTRY)}.")
-    return _REGISTRY[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
+    return REGISTRY.get(name)(in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
 class Classifier(nn.Module, abc.ABC):
@@ -184,5 +183,5 @@ def dropout_active(model: nn.Module):
 
 from . import resnet, small_cnn  # noqa: E402,F401  (register the built-in models)
 
-__all__ = ["Classifier", "dropout_active", "embed", "get", "head_of", "names", "register", "with_dropout"]
+__all__ = ["REGISTRY", "Classifier", "dropout_active", "embed", "get", "head_of", "names", "register", "with_dropout"]
 from . import segmentation  # noqa: E402,F401  (register the segmentation models)
