@@ -36,14 +36,14 @@ def worker(rank: int, world: int, port: int, args) -> None:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=120))  # a loaded machine: ranks wait long
     if args.crash_rank == rank:
-        real = todal.loop.fit
+        real = todal.engine.fit
 
         def dying(*a, **kw):
             if "cycle 1" in str(kw.get("progress")) or _cycle(args.workdir) == args.crash_cycle:
                 os._exit(3)
             return real(*a, **kw)
 
-        todal.loop.fit = dying
+        todal.engine.fit = dying
     records = make(args.workdir, args.strategy, args.flavor).run()
     if rank == 0:
         Path(args.workdir, "out.json").write_text(json.dumps(records))

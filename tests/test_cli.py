@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from todal.cli import main
+from todal.errors import TodalError
 
 FAST = ["--cycles", "2", "--epochs", "1", "--initial", "60", "--budget", "30", "--quiet"]
 
@@ -76,16 +77,32 @@ def test_console_script_has_no_traceback_on_bad_input(tmp_path):
 def test_strategy_options_reach_the_strategy_and_scope_by_name(tmp_path):
     from todal.cli import _options
 
-    pairs = ["space=logits", "random.x=1", "cod.cache=false"]
-    assert _options(pairs, "cod") == {"space": "logits", "cache": False}
-    assert _options(pairs, "random") == {"space": "logits", "x": 1}
+    pairs = ["space=logits", "cod.cache=false", "entropy.x=1"]
+    assert _options(pairs, ["cod", "random", "entropy"]) == {"cod": {"space": "logits", "cache": False}, "random": {},
+                                                             "entropy": {"x": 1}}
+    with pytest.raises(TodalError, match=r"No strategy of this command \(random, entropy\) takes the option 'space'"):
+        _options(["space=logits"], ["random", "entropy"])
+    with pytest.raises(TodalError, match=r"Strategy option 'qbc.members=3' is for 'qbc', which this command does not run"):
+        _options(["qbc.members=3"], ["cod", "random"])
     work = tmp_path / "r"
     assert main(["run", "--workdir", str(work), "--baseline", "none", "--option", "space=logits", *FAST]) == 0
     assert json.loads((work / "config.json").read_text())["strategy_options"] == {"space": "logits"}
 
 
+def test_the_readme_option_command_runs_with_its_random_baseline(tmp_path):
+    """`todal run --strategy mc_dropout --option passes=10`: the option is mc_dropout's; the random baseline
+    beside it takes none (it used to be given `passes` too and fail after training)."""
+    work = tmp_path / "r"
+    assert main(["run", "--strategy", "mc_dropout", "--no-semi", "--option", "passes=3", "--workdir", str(work),
+                 *FAST]) == 0
+    assert json.loads((work / "config.json").read_text())["strategy_options"] == {"passes": 3}
+    assert json.loads((work / "baseline-random" / "config.json").read_text())["strategy_options"] == {}
+
+
 def test_bad_strategy_option_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["run", "--workdir", str(tmp_path / "r"), "--option", "spce=logits", *FAST]) == 2
+    assert "No strategy of this command (cod, random) takes the option 'spce'" in capsys.readouterr().err
+    assert main(["run", "--workdir", str(tmp_path / "q"), "--option", "cod.spce=logits", *FAST]) == 2
     assert "'spce' parameter of strategy 'cod'" in capsys.readouterr().err
     assert main(["run", "--workdir", str(tmp_path / "s"), "--option", "novalue", *FAST]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
@@ -111,11 +128,11 @@ def test_bench_paper_protocol_on_cpu_is_refused_with_an_estimate(tmp_path, capsy
 
 def test_first_cycle_reaches_the_flavor(tmp_path):
     work = tmp_path / "r"
-    assert main(["run", "--workdir", str(work), "--baseline", "none", "--first-cycle", "highest", *FAST]) == 0
+    assert main(["run", "--workdir", str(work), "--baseline", "none", "--no-first-cycle-lowest", *FAST]) == 0
     flavor = json.loads((work / "config.json").read_text())["flavor"]
     assert flavor["name"] == "default" and flavor["first_cycle_lowest"] is False  # the default's pick, overridden
     paper = tmp_path / "p"
-    assert main(["run", "--workdir", str(paper), "--baseline", "none", "--flavor", "paper", "--first-cycle", "lowest",
+    assert main(["run", "--workdir", str(paper), "--baseline", "none", "--flavor", "paper", "--first-cycle-lowest",
                  *FAST]) == 0
     flavor = json.loads((paper / "config.json").read_text())["flavor"]
     assert flavor["name"] == "paper" and flavor["first_cycle_lowest"] is True

@@ -66,19 +66,19 @@ def test_a_teacher_without_its_batchnorm_statistics_must_run_in_train_mode():
     assert not flavor_for("official").ema_buffers  # the code's pair is allowed
 
 
-def _loop(tmp_path, flavor, model=TwoHead, **kw):
+def _loop(tmp_path, flavor, model=TwoHead, overrides=None, **kw):
+    kw = {"initial": 20, "budget": 10, "cycles": 2, "epochs": 2, "train": {"batch_size": 8, "lr": 0.05}, **kw}
     return ActiveLoop(model, blobs(120, 0, name=kw.pop("name", "tiny")), blobs(30, 1), strategy="cod",
-                      initial=20, budget=10, cycles=2, epochs=2, train={"batch_size": 8, "lr": 0.05},
-                      workdir=tmp_path / flavor, flavor=flavor, **kw)
+                      workdir=tmp_path / flavor, flavor={"name": flavor, **overrides} if overrides else flavor, **kw)
 
 
 def _init(tmp_path, flavor):
-    return torch.load(tmp_path / flavor / "checkpoints" / "init.pt", weights_only=False)
+    return torch.load(tmp_path / flavor / "checkpoints" / "init.pt", weights_only=True)
 
 
 def test_teacher_and_first_reference_are_copies_in_paper_and_independent_in_official(tmp_path):
     for flavor in ("paper", "official"):
-        _loop(tmp_path, flavor)._start()
+        _loop(tmp_path, flavor, cycles=1).run()
     paper, official = _init(tmp_path, "paper"), _init(tmp_path, "official")
     same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(paper["ema"]["model"], paper["model"]) and paper["reference"] is None
@@ -88,10 +88,10 @@ def test_teacher_and_first_reference_are_copies_in_paper_and_independent_in_offi
 
 def test_official_teacher_averages_parameters_only_and_runs_in_train_mode(tmp_path):
     paper, official = _loop(tmp_path, "paper"), _loop(tmp_path, "official")
-    assert paper._ema(TwoHead()).buffers and not official._ema(TwoHead()).buffers
+    assert paper.engine.new_teacher(TwoHead()).buffers and not official.engine.new_teacher(TwoHead()).buffers
     assert not paper.flavor.teacher_train_mode and official.flavor.teacher_train_mode
     official.run()
-    teacher = torch.load(tmp_path / "official" / "checkpoints" / "cycle_1.pt", weights_only=False)["ema"]["model"]
+    teacher = torch.load(tmp_path / "official" / "checkpoints" / "cycle_1.pt", weights_only=True)["ema"]["model"]
     # buffers not averaged, yet they moved: the teacher's own train-mode forward passes updated them
     assert teacher["body.1.num_batches_tracked"] > 0 and not torch.all(teacher["body.1.running_mean"] == 0)
 
@@ -106,28 +106,32 @@ def test_official_consistency_runs_on_a_home_made_model(tmp_path):
     loop = ActiveLoop(mlp, train, test, strategy="cod", semi_supervised=True, initial=20, budget=10, cycles=2,
                       epochs=2, train={"batch_size": 8, "lr": 0.05}, workdir=tmp_path / "o", flavor="official")
     assert len(loop.run()) == 2
-    init = torch.load(tmp_path / "o" / "checkpoints" / "init.pt", weights_only=False)["model"]
-    last = torch.load(tmp_path / "o" / "checkpoints" / "cycle_1.pt", weights_only=False)["model"]
+    init = torch.load(tmp_path / "o" / "checkpoints" / "init.pt", weights_only=True)["model"]
+    last = torch.load(tmp_path / "o" / "checkpoints" / "cycle_1.pt", weights_only=True)["model"]
     assert set(init) == {"model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias", "head2.weight", "head2.bias"}
     assert not torch.equal(init["head2.weight"], last["head2.weight"])  # the second head was trained
     x = blobs(30, 1).x
     model = loop.model()
     main, second = model.heads(x)
     assert torch.equal(main, model(x)) and main.shape == second.shape == (30, 3)
-    _loop(tmp_path, "paper", model=mlp).run()  # Eq. 7 works with any model, unwrapped
+    paper = _loop(tmp_path, "paper", model=mlp)
+    assert len(paper.run()) == 2  # Eq. 7 works with any model, unwrapped: no second head is added
+    saved = torch.load(tmp_path / "paper" / "checkpoints" / "cycle_1.pt", weights_only=True)
+    assert set(saved["model"]) == {"0.weight", "0.bias", "2.weight", "2.bias"} and saved["ema"] is not None
 
 
 def test_official_scores_a_random_subset(tmp_path):
-    loop = _loop(tmp_path, "official", score_subset=30)
-    pool = loop._start()
-    ctx = loop._context(pool, TwoHead(), None, 0)
-    assert len(ctx.candidates) == 30 and set(ctx.candidates.tolist()) <= set(pool.unlabeled.tolist())
-    paper = _loop(tmp_path, "paper")
-    assert len(paper._context(paper._start(), TwoHead(), None, 0).candidates) == 100
+    loop = _loop(tmp_path, "official", overrides={"score_subset": 30})
+    unlabeled = torch.arange(20, 120)
+    candidates = loop.engine.candidates(unlabeled, 0)
+    assert len(candidates) == 30 and set(candidates.tolist()) <= set(unlabeled.tolist())
+    assert torch.equal(candidates, loop.engine.candidates(unlabeled, 0))  # seeded by (seed, cycle)
+    assert not torch.equal(candidates, loop.engine.candidates(unlabeled, 1))
+    assert len(_loop(tmp_path, "paper").engine.candidates(unlabeled, 0)) == 100
 
 
 def test_overrides_change_single_choices(tmp_path):
-    loop = _loop(tmp_path, "official", flavor_overrides={"first_cycle_lowest": False}, lam=0.3)
+    loop = _loop(tmp_path, "official", overrides={"first_cycle_lowest": False, "lam": 0.3})
     assert loop.flavor.first_cycle_lowest is False and loop.flavor.lam == 0.3
     assert loop.flavor.consistency == "official"
 
@@ -138,21 +142,21 @@ def test_score_augmentation_quirk_only_on_svhn_and_caltech():
 
 
 def test_consistency_reduction_mean_weighs_eq7_c_times_less(tmp_path, monkeypatch):
-    """flavor_overrides={"consistency_reduction": "mean"} reaches the TOD loss of training."""
-    import todal.loop
+    """flavor={"name": "paper", "consistency_reduction": "mean"} reaches the TOD loss of training."""
+    import todal.engine
 
     seen = []
-    real = todal.loop.fit
+    real = todal.engine.fit
 
     def spy(*args, **kw):
         seen.append(kw["consistency"].reduction)
         return real(*args, **kw)
 
-    monkeypatch.setattr(todal.loop, "fit", spy)
-    _loop(tmp_path, "paper", model=TwoHead, flavor_overrides={"consistency_reduction": "mean"}).run()
+    monkeypatch.setattr(todal.engine, "fit", spy)
+    _loop(tmp_path, "paper", model=TwoHead, overrides={"consistency_reduction": "mean"}).run()
     assert seen and set(seen) == {"mean"}
-    with pytest.raises(TodalError, match="consistency_reduction"):
-        _loop(tmp_path / "bad", "paper", flavor_overrides={"consistency_reduction": "max"})
+    with pytest.raises(TodalError, match="'consistency_reduction' parameter of Flavor must be one of sum, mean"):
+        _loop(tmp_path / "bad", "paper", overrides={"consistency_reduction": "max"})
 
 
 def test_runs_recorded_before_consistency_reduction_resume(tmp_path):
@@ -167,4 +171,4 @@ def test_runs_recorded_before_consistency_reduction_resume(tmp_path):
     path.write_text(json.dumps(cfg))
     assert _loop(tmp_path, "paper").run() == loop.records()
     with pytest.raises(TodalError, match="different configuration"):
-        _loop(tmp_path, "paper", flavor_overrides={"consistency_reduction": "mean"}).run()
+        _loop(tmp_path, "paper", overrides={"consistency_reduction": "mean"}).run()

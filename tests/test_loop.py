@@ -13,7 +13,7 @@ import torch
 import todal.atomic
 import todal.loop
 from tinydata import Killed, blobs, mlp, run_until_killed
-from todal import ActiveLoop
+from todal import ActiveLoop, strategies
 from todal.errors import TodalError
 from todal.oracle import FileOracle
 
@@ -140,7 +140,7 @@ def test_fractions_resolve_against_the_training_set(tmp_path):
 @pytest.mark.parametrize("reinit", [False, True])
 def test_model_continues_across_cycles_unless_reinit(tmp_path, monkeypatch, reinit):
     starts, ends = [], []
-    real = todal.loop.fit
+    real = todal.engine.fit
 
     def spy(model, *a, **k):
         starts.append({n: t.clone() for n, t in model.state_dict().items()})
@@ -148,7 +148,7 @@ def test_model_continues_across_cycles_unless_reinit(tmp_path, monkeypatch, rein
         ends.append({n: t.clone() for n, t in model.state_dict().items()})
         return out
 
-    monkeypatch.setattr(todal.loop, "fit", spy)
+    monkeypatch.setattr(todal.engine, "fit", spy)
     make(tmp_path, reinit=reinit).run()
     continued = all(torch.equal(starts[1][k], ends[0][k]) for k in ends[0])
     assert continued != reinit
@@ -244,10 +244,10 @@ def test_loop_selects_on_cuda(tmp_path, strategy):
 def test_cyclic_consistency_targets_the_previous_cycles_model(tmp_path, monkeypatch):
     """Fig. 10's CyclicOD loss: cycle 0 has no previous model (task loss only, as a supervised run), later
     cycles train against the model the previous cycle ended with."""
-    import todal.loop as loop_module
+    import todal.engine as engine_module
 
     targets = []
-    real_fit = loop_module.fit
+    real_fit = engine_module.fit
 
     def spy(model, *a, consistency=None, **kw):
         teacher = None if consistency is None else consistency.teacher
@@ -255,8 +255,8 @@ def test_cyclic_consistency_targets_the_previous_cycles_model(tmp_path, monkeypa
                         [p.detach().clone() for p in teacher.parameters()], [p.detach().clone() for p in model.parameters()]))
         return real_fit(model, *a, consistency=consistency, **kw)
 
-    monkeypatch.setattr(loop_module, "fit", spy)
-    cyc = make(tmp_path / "cyclic", flavor_overrides={"consistency": "cyclic"}).run()
+    monkeypatch.setattr(engine_module, "fit", spy)
+    cyc = make(tmp_path / "cyclic", flavor={"consistency": "cyclic"}).run()
     sup = make(tmp_path / "sup", semi=False).run()
     assert strip(cyc)[0] == strip(sup)[0]  # the first cycle is the task loss alone
     assert targets[0][0] is None and targets[0][1] is None
@@ -264,8 +264,8 @@ def test_cyclic_consistency_targets_the_previous_cycles_model(tmp_path, monkeypa
         assert consistency == "Eq7Consistency"
         assert all(torch.equal(a, b) for a, b in zip(teacher, start))  # target = where this cycle starts
     assert strip(cyc)[1] != strip(sup)[1]
-    with pytest.raises(TodalError, match="consistency"):
-        make(tmp_path / "bad", flavor_overrides={"consistency": "nope"})
+    with pytest.raises(TodalError, match="'consistency' parameter of Flavor must be one of eq7, official, cyclic"):
+        make(tmp_path / "bad", flavor={"consistency": "nope"})
 
 
 class _Truth:
@@ -341,18 +341,19 @@ def test_a_one_cycle_run_extends_with_a_budget(tmp_path):
 def test_options_that_would_be_ignored_are_refused_and_instances_are_recorded(tmp_path):
     from todal import strategies
 
+    from todal.models import ModelSource
+
     base = dict(initial=20, budget=10, cycles=2, epochs=1, train={"batch_size": 8})
-    with pytest.raises(TodalError, match="strategy_options apply to a strategy given by name"):
-        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategies.get("cod"), strategy_options={"space": "logits"},
-                   **base)
-    with pytest.raises(TodalError, match="model_options apply to a model given by name"):
-        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), model_options={"width": 2}, **base)
-    with pytest.raises(TodalError, match=r"model_fn is a model instance \(Sequential\); pass a function"):
+    with pytest.raises(TodalError, match="Model options apply to a model given by name"):
+        ActiveLoop(ModelSource(mlp, {"width": 2}), blobs(150, 0), blobs(60, 1), **base)
+    with pytest.raises(TodalError, match=r"The model is an instance \(Sequential\); pass a function"):
         ActiveLoop(mlp(), blobs(150, 0), blobs(60, 1), **base)
+    with pytest.raises(TypeError, match="strategy_options"):  # a strategy's options go in its instance
+        ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="cod", strategy_options={"space": "logits"}, **base)
     a = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategies.get("cod", space="logits"),
                    workdir=tmp_path, **base)
     a.run()
-    assert json.loads((tmp_path / "config.json").read_text())["strategy_options"]["space"] == "logits"
+    assert json.loads((tmp_path / "config.json").read_text())["strategy_options"] == {"space": "logits"}
     b = ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategies.get("cod"), workdir=tmp_path, **base)
     with pytest.raises(TodalError, match="different configuration \\(strategy_options"):
         b.run()
@@ -380,6 +381,7 @@ def test_the_class_count_comes_from_labels_never_from_inputs(tmp_path):
     loop = ActiveLoop(lambda: torch.nn.Linear(8, 4), TensorDataset(x, y), TensorDataset(x, y), strategy="random",
                       initial=np.int64(20), budget=np.int64(10), cycles=np.int64(2), seed=np.int64(3), epochs=1)
     assert loop.num_classes == 4 and loop.config.cycles == 2 and isinstance(loop.config.seed, int)
+    assert "_engine" in vars(loop)
 
     reads = []
 
@@ -392,28 +394,47 @@ def test_the_class_count_comes_from_labels_never_from_inputs(tmp_path):
             return torch.zeros(8), 0
 
     with pytest.raises(TodalError, match=r"Lazy has no num_classes .* pass ActiveLoop\(\.\.\., num_classes=C\)"):
-        ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10, cycles=2)
-    assert ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10, cycles=2,
-                      num_classes=4).num_classes == 4
+        ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10,
+                   cycles=2, workdir=tmp_path / "lazy").run()
+    lazy = ActiveLoop(lambda: torch.nn.Linear(8, 4), Lazy(), Lazy(), strategy="random", initial=20, budget=10,
+                      cycles=2, num_classes=4)
+    assert not reads  # constructing reads nothing
+    assert lazy.num_classes == 4 and lazy.config.model_arch
     assert len(reads) <= 2  # the up-front probe of the model reads two samples, nothing more
     with pytest.raises(TodalError, match=r"labels are floats .* convert them with \.long\(\)"):
         ActiveLoop(lambda: torch.nn.Linear(8, 4), TensorDataset(x, y.float()), TensorDataset(x, y), strategy="random",
-                   initial=20, budget=10, cycles=2)
+                   initial=20, budget=10, cycles=2).run()
 
 
 @pytest.mark.parametrize("kw, text", [
     ({"test_set": None}, r"'test_set' parameter of ActiveLoop must be a dataset to evaluate each cycle on"),
-    ({"train": {"batchsize": 16}}, r"Unknown train option 'batchsize'; valid: epochs, batch_size"),
-    ({"model_fn": lambda: torch.nn.Linear(8, 2)}, r"model outputs 2 scores per sample but the data has 3 classes"),
-    ({"model_fn": lambda: torch.nn.Linear(5, 3)}, r"model fails on the training set's inputs of shape \[2, 8\] "
-                                                  r"\(RuntimeError: .*channels first"),
+    ({"train": {"batchsize": 16}}, r"Unknown train setting 'batchsize'; valid: epochs, batch_size"),
+    ({"flavor": {"lam": -1}}, r"'lam' parameter of Flavor must be a float >= 0"),
+    ({"model": lambda: torch.nn.Linear(8, 2)}, r"model outputs 2 scores per sample but the data has 3 classes"),
+    ({"model": lambda: torch.nn.Linear(5, 3)}, r"model fails on the training set's inputs of shape \[2, 8\] "
+                                               r"\(RuntimeError: .*channels first"),
 ])
 def test_mistakes_are_one_line_errors_before_any_training(tmp_path, kw, text):
-    args = {"model_fn": mlp, "train_set": blobs(150, 0), "test_set": blobs(60, 1), "strategy": "random",
+    args = {"model": mlp, "train_set": blobs(150, 0), "test_set": blobs(60, 1), "strategy": "random",
             "initial": 20, "budget": 10, "cycles": 2, "workdir": tmp_path, **kw}
     with pytest.raises(TodalError, match=text):
-        ActiveLoop(**args)
+        ActiveLoop(**args).run()
     assert not (tmp_path / "config.json").exists()
+
+
+def test_the_constructor_stores_and_checks_and_run_does_the_work(tmp_path):
+    """scikit-learn's rule: no model is built and no sample read until run() (or an accessor) needs it."""
+    built = []
+
+    def model():
+        built.append(1)
+        return mlp()
+
+    loop = ActiveLoop(model, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=2,
+                      epochs=1, workdir=tmp_path)
+    assert not built and not (tmp_path / "config.json").exists()
+    loop.run()
+    assert built and (tmp_path / "config.json").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -426,7 +447,7 @@ def test_test_labels_beyond_the_training_classes_are_refused():
     test = blobs(60, 1)
     test.y[0] = 3
     with pytest.raises(TodalError, match="test set has label 3 but the training set only 3 classes; pass num_classes=4"):
-        ActiveLoop(mlp, blobs(150, 0), test, strategy="random", initial=20, budget=10, cycles=2)
+        ActiveLoop(mlp, blobs(150, 0), test, strategy="random", initial=20, budget=10, cycles=2).run()
 
 
 def test_augmentation_is_an_explicit_argument_and_reaches_training(tmp_path):
@@ -451,19 +472,18 @@ def test_augmentation_is_an_explicit_argument_and_reaches_training(tmp_path):
 
 @pytest.mark.parametrize("kw, text", [
     ({"epochs": 2, "train": {"epochs": 3}}, r"epochs is set twice \(epochs=2, train epochs=3\)"),
-    ({"lam": 0.1, "flavor_overrides": {"lam": 0.2}}, r"lam is set twice"),
-    ({"score_subset": 5, "flavor_overrides": {"score_subset": 6}}, r"score_subset is set twice"),
+    ({"flavor": {"name": "default", "lamda": 0.2}}, r"Unknown flavor choice 'lamda'; valid: measure"),
 ])
-def test_a_value_set_in_two_places_is_refused(kw, text):
+def test_a_value_set_in_two_places_or_misspelled_is_refused(kw, text):
     with pytest.raises(TodalError, match=text):
         ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy="random", initial=20, budget=10, cycles=2, **kw)
 
 
 def test_cod_with_its_outputs_memory_mapped_selects_as_in_memory_and_resumes(tmp_path, monkeypatch):
     ram = make(tmp_path / "ram").run()
-    disk = make(tmp_path / "disk", strategy_options={"max_cache_gb": 0})
+    disk = make(tmp_path / "disk", strategy=strategies.get("cod", max_cache_gb=0))
     run_until_killed(disk.run, monkeypatch, after=5)  # killed mid-run: the cache files must carry over
-    resumed = make(tmp_path / "disk", strategy_options={"max_cache_gb": 0}).run()
+    resumed = make(tmp_path / "disk", strategy=strategies.get("cod", max_cache_gb=0)).run()
     assert strip(resumed) == strip(ram)
     assert sorted(p.name for p in (tmp_path / "disk" / "checkpoints").glob("*.npy")) == [
         "cod-outputs-cycle0-rank0.npy", "cod-outputs-cycle1-rank0.npy"]
@@ -471,12 +491,12 @@ def test_cod_with_its_outputs_memory_mapped_selects_as_in_memory_and_resumes(tmp
 
 def test_flavor_choices_a_run_never_uses_do_not_make_it_a_different_run(tmp_path):
     """A run without the TOD loss resumes whatever the loss's choices now are; one with it is refused."""
-    plain = make(tmp_path / "plain", semi=False, flavor_overrides={"teacher_train_mode": False}).run()
-    again = make(tmp_path / "plain", semi=False, flavor_overrides={"teacher_train_mode": True,
-                                                                    "consistency_reduction": "sum"}).run()
+    plain = make(tmp_path / "plain", semi=False, flavor={"teacher_train_mode": False}).run()
+    again = make(tmp_path / "plain", semi=False, flavor={"teacher_train_mode": True,
+                                                         "consistency_reduction": "sum"}).run()
     assert strip(again) == strip(plain)
-    make(tmp_path / "semi", flavor_overrides={"teacher_train_mode": False}).run()
+    make(tmp_path / "semi", flavor={"teacher_train_mode": False}).run()
     with pytest.raises(TodalError, match="different configuration .*flavor"):
-        make(tmp_path / "semi", flavor_overrides={"teacher_train_mode": True}).run()
+        make(tmp_path / "semi", flavor={"teacher_train_mode": True}).run()
     with pytest.raises(TodalError, match="different configuration .*flavor"):  # a choice COD uses
-        make(tmp_path / "plain", semi=False, flavor_overrides={"first_cycle_lowest": False}).run()
+        make(tmp_path / "plain", semi=False, flavor={"first_cycle_lowest": False}).run()

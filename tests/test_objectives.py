@@ -8,7 +8,23 @@ from todal.objectives import official_consistency
 def test_eq7_by_hand():
     s = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
     t = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
-    assert tod_consistency(s, t).item() == pytest.approx((5.0 + 1.0) / 2)
+    assert tod_consistency(s, t, "sum").item() == pytest.approx((5.0 + 1.0) / 2)  # as printed: squared norms
+
+
+def test_eq7_defaults_to_the_default_flavors_reduction():
+    """One default everywhere: tod_consistency, Eq7Consistency, fit and ActiveLoop take the default flavor's."""
+    from todal.flavor import flavor_for
+    from todal.objectives import Eq7Consistency
+
+    s = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    t = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    default = flavor_for("default")
+    assert default.consistency_reduction == "mean"
+    assert tod_consistency(s, t).item() == pytest.approx((5.0 / 2 + 1.0 / 2) / 2)
+    eq7 = Eq7Consistency(torch.nn.Identity())
+    assert (eq7.lam, eq7.reduction, eq7.teacher_train_mode) == (default.lam, "mean", default.teacher_train_mode)
+    with pytest.raises(ValueError, match="'reduction' parameter of tod_consistency must be one of mean, sum"):
+        tod_consistency(s, t, "max")
 
 
 def test_eq7_mean_reduction_averages_over_the_outputs():
@@ -21,7 +37,7 @@ def test_eq7_mean_reduction_averages_over_the_outputs():
 def test_eq7_gradient_flows_to_student_only():
     s = torch.tensor([[1.0, 2.0]], requires_grad=True)
     t = torch.tensor([[0.0, 0.0]], requires_grad=True)
-    tod_consistency(s, t).backward()
+    tod_consistency(s, t, "sum").backward()
     assert torch.allclose(s.grad, torch.tensor([[2.0, 4.0]]))
     assert t.grad is None
 
@@ -29,7 +45,7 @@ def test_eq7_gradient_flows_to_student_only():
 def test_eq7_dense_is_mean_over_pixels():
     s = torch.zeros(1, 2, 1, 2)
     t = torch.tensor([[[[1.0, 0.0]], [[1.0, 2.0]]]])  # squared norms per pixel: 2 and 4
-    assert tod_consistency(s, t).item() == pytest.approx(3.0)
+    assert tod_consistency(s, t, "sum").item() == pytest.approx(3.0)
 
 
 def test_official_consistency_by_hand():
@@ -65,11 +81,11 @@ def test_a_users_own_consistency_objective_trains_through_fit():
 
     kl = run(lambda t: KL(t, 1.0))
     assert calls and set(calls) == {16}
-    eq7 = run(lambda t: Eq7Consistency(t, 1.0))
+    eq7 = run(lambda t: Eq7Consistency(t))
     torch.manual_seed(0)
     shortcut_model = mlp()
     ema = EMA(shortcut_model)
     fit(shortcut_model, Classification(3), data, torch.arange(20), cfg=cfg, generator=torch.Generator().manual_seed(0),
-        unlabeled=torch.arange(20, 80), ema=ema, consistency="eq7", lam=1.0)
+        unlabeled=torch.arange(20, 80), ema=ema, consistency="default")
     assert all(torch.equal(a, b) for a, b in zip(eq7.parameters(), shortcut_model.parameters()))  # the shortcut
     assert not all(torch.equal(a, b) for a, b in zip(eq7.parameters(), kl.parameters()))

@@ -3,6 +3,7 @@
 import torch
 
 from todal import ActiveLoop
+from todal.models import ModelSource
 from todal.data import load_dataset
 
 
@@ -12,8 +13,8 @@ def test_cod_semi_on_real_fashion_mnist(tmp_path):
     g = torch.Generator().manual_seed(0)
     train = train.subset(torch.randperm(len(train), generator=g)[:3000])
     test = test.subset(torch.randperm(len(test), generator=g)[:1000])
-    loop = ActiveLoop("small_cnn", train, test, strategy="cod", semi_supervised=True, initial=300, budget=150,
-                      cycles=2, epochs=4, train={"batch_size": 64, "lr": 0.05}, model_options={"width": 0.5},
+    loop = ActiveLoop(ModelSource("small_cnn", {"width": 0.5}), train, test, strategy="cod", semi_supervised=True,
+                      initial=300, budget=150, cycles=2, epochs=4, train={"batch_size": 64, "lr": 0.05},
                       workdir=tmp_path, seed=0)
     records = loop.run()
     assert [r["labeled"] for r in records] == [300, 450]

@@ -11,6 +11,7 @@ from torch import nn
 import todal.loop
 from tinydata import largest_tensor_while, run_until_killed
 from todal import ActiveLoop, Pool
+from todal.models import ModelSource
 from todal.cli import main
 from todal.data import registry
 from todal.data.scenes import ITEM, FashionMNISTScenes
@@ -83,9 +84,9 @@ def test_cli_task_defaults_to_the_datasets(tmp_path, tiny_scenes):
 
 def make(workdir, strategy="cod", **kw):
     tr, te = scenes()
-    return ActiveLoop("seg_cnn", tr, te, strategy=strategy, semi_supervised=True, initial=16, budget=8, cycles=3,
-                      epochs=1, train={"batch_size": 8, "lr": 1e-3, "optimizer": "adam"},
-                      model_options={"width": 0.25}, eval_batch_size=16, workdir=workdir, seed=0, **kw)
+    return ActiveLoop(ModelSource("seg_cnn", {"width": 0.25}), tr, te, strategy=strategy, semi_supervised=True,
+                      initial=16, budget=8, cycles=3, epochs=1, train={"batch_size": 8, "lr": 1e-3, "optimizer": "adam"},
+                      eval_batch_size=16, workdir=workdir, seed=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_fit_uses_the_paired_transform_for_images_and_masks():
     from todal.ema import EMA
 
     fit(model, task, ds, torch.arange(4), cfg=TrainConfig(epochs=1, batch_size=4, lr=0.01), generator=torch.Generator(),
-        unlabeled=torch.arange(4, 12), ema=EMA(model, 0.9), consistency="eq7")
+        unlabeled=torch.arange(4, 12), ema=EMA(model, 0.9), consistency="default")
     labeled_call, unlabeled_call = ds.calls
     assert torch.equal(seen[0], labeled_call.flip(-1))  # the loss saw the transformed mask
     assert sorted(labeled_call.flatten().tolist()) == sorted(ds.y[:4].flatten().tolist())

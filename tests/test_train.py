@@ -8,6 +8,7 @@ from torch import nn
 from tinydata import TinyData, blobs, mlp
 from todal import EMA, TrainConfig, fit
 from todal.errors import TodalError
+from todal.objectives import Eq7Consistency
 from todal.tasks import Classification
 
 
@@ -28,7 +29,8 @@ def test_one_step_of_eq9_matches_hand_gradient():
     xl, yl, xu = ds.x[labeled], ds.y[labeled], ds.x[unlabeled]
     loss = F.cross_entropy(expected(xl), yl) + lam * ((expected(xu) - teacher(xu)) ** 2).sum(1).mean()
     grads = torch.autograd.grad(loss, list(expected.parameters()))
-    fit(model, Classification(3), ds, labeled, unlabeled=unlabeled, ema=ema, consistency="eq7", lam=lam,
+    fit(model, Classification(3), ds, labeled, unlabeled=unlabeled, ema=ema,
+        consistency=Eq7Consistency(ema.model, lam, reduction="sum", teacher_train_mode=False),
         cfg=_one_step_cfg(4), generator=torch.Generator().manual_seed(0))
     for p, q, g in zip(model.parameters(), expected.parameters(), grads):
         assert torch.allclose(p, q - 0.1 * g, atol=1e-6)
@@ -40,14 +42,15 @@ def test_ema_updates_after_every_step_and_teacher_gets_no_gradient():
     ema = EMA(model, 0.9)
     before = [p.clone() for p in ema.model.parameters()]
     stats = fit(model, Classification(3), ds, torch.arange(6), unlabeled=torch.arange(6, 12), ema=ema,
-                consistency="eq7", cfg=TrainConfig(epochs=2, batch_size=2), generator=torch.Generator().manual_seed(0))
+                consistency="default", cfg=TrainConfig(epochs=2, batch_size=2), generator=torch.Generator().manual_seed(0))
     assert stats["steps"] == 6 and ema.step == 6
     assert all(p.grad is None for p in ema.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, ema.model.parameters()))
 
 
 def test_a_fixed_teacher_is_the_target_and_stays_fixed():
-    """teacher= (the CyclicOD loss): one step matches the hand gradient against that model, not the EMA's."""
+    """A consistency against another model (the CyclicOD loss): one step matches the hand gradient against
+    that model, not the EMA's."""
     torch.manual_seed(0)
     ds = blobs(8, 0)
     labeled, unlabeled = torch.arange(4), torch.arange(4, 8)
@@ -57,8 +60,9 @@ def test_a_fixed_teacher_is_the_target_and_stays_fixed():
     xl, yl, xu = ds.x[labeled], ds.y[labeled], ds.x[unlabeled]
     loss = F.cross_entropy(expected(xl), yl) + 0.5 * ((expected(xu) - fixed(xu)) ** 2).sum(1).mean()
     grads = torch.autograd.grad(loss, list(expected.parameters()))
-    fit(model, Classification(3), ds, labeled, unlabeled=unlabeled, ema=ema, teacher=fixed, consistency="eq7",
-        lam=0.5, cfg=_one_step_cfg(4), generator=torch.Generator().manual_seed(0))
+    fit(model, Classification(3), ds, labeled, unlabeled=unlabeled, ema=ema,
+        consistency=Eq7Consistency(fixed, 0.5, reduction="sum", teacher_train_mode=False),
+        cfg=_one_step_cfg(4), generator=torch.Generator().manual_seed(0))
     for p, q, g in zip(model.parameters(), expected.parameters(), grads):
         assert torch.allclose(p, q - 0.1 * g, atol=1e-6)
     assert all(torch.equal(a, b) for a, b in zip(fixed.parameters(), frozen.parameters()))
@@ -86,10 +90,34 @@ def test_official_consistency_needs_a_second_head():
             consistency="official", cfg=_one_step_cfg(4), generator=torch.Generator())
 
 
-def test_consistency_without_teacher_is_refused():
-    with pytest.raises(TodalError, match="used with a teacher"):
-        fit(mlp(), Classification(3), blobs(8, 0), torch.arange(4), consistency="eq7",
+def test_consistency_without_teacher_or_unlabeled_data_is_refused():
+    with pytest.raises(TodalError, match=r"'consistency' parameter of fit must be used with ema= \(the EMA teacher\)"):
+        fit(mlp(), Classification(3), blobs(8, 0), torch.arange(4), consistency="default",
             cfg=_one_step_cfg(4), generator=torch.Generator())
+    with pytest.raises(TodalError, match="'consistency' parameter of fit must be used with a non-empty unlabeled set"):
+        fit(mlp(), Classification(3), blobs(8, 0), torch.arange(4), consistency="default", ema=EMA(mlp()),
+            cfg=_one_step_cfg(4), generator=torch.Generator())
+    with pytest.raises(TodalError, match="'consistency' parameter of fit must be one of default, paper, official. "
+                                         "Got 'eq7'"):
+        fit(mlp(), Classification(3), blobs(8, 0), torch.arange(4), consistency="eq7", ema=EMA(mlp()),
+            unlabeled=torch.arange(4, 8), cfg=_one_step_cfg(4), generator=torch.Generator())
+
+
+def test_fit_defaults_to_the_default_flavors_tod_loss():
+    """consistency="default" is exactly the objective ActiveLoop's default flavor builds."""
+    from todal.flavor import flavor_for
+
+    ds, runs = blobs(40, 0), []
+    for make in (lambda ema: "default", lambda ema: flavor_for("default").consistency_objective(ema.model),
+                 lambda ema: Eq7Consistency(ema.model, reduction="sum")):
+        torch.manual_seed(0)
+        model = mlp()
+        ema = EMA(model)
+        fit(model, Classification(3), ds, torch.arange(10), unlabeled=torch.arange(10, 40), ema=ema,
+            consistency=make(ema), cfg=TrainConfig(epochs=2, batch_size=5), generator=torch.Generator().manual_seed(0))
+        runs.append(model)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].parameters(), runs[1].parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[0].parameters(), runs[2].parameters()))
 
 
 def test_bad_train_config_is_one_clear_error():

@@ -41,12 +41,16 @@ def test_optional_takes_none_and_fix_is_appended():
 
 
 def _tables():
-    from todal import loop, train
+    from todal import loop, settings
     from todal.data import scenes
+    from todal.flavor import Flavor
     from todal.project import core
     from todal.strategies import adversarial, graph, learning_loss
 
-    return {"TrainConfig": train._TRAIN_RULES, "ActiveLoop": loop._LOOP_RULES, "gcn": graph._GCN_RULES,
+    def declared(cls):
+        return {f.name: f.metadata["rule"] for f in settings.fields_of(cls)}
+
+    return {"TrainConfig": declared(TrainConfig), "Flavor": declared(Flavor), "ActiveLoop": loop._LOOP_RULES, "gcn": graph._GCN_RULES,
             "vaal": adversarial._ADVERSARIAL_RULES, "ll4al": learning_loss._LL4AL_RULES,
             "scenes": scenes._SCENE_RULES, "todal init": core._INIT_RULES}
 
@@ -82,6 +86,7 @@ def test_presets_hold_training_settings_only_as_trainconfig_fields(name):
 def test_protocol_training_values_are_checked_by_trainconfig():
     from todal.bench.protocols import protocol
 
-    with pytest.raises(TodalError, match="'lr' parameter of TrainConfig must be a float > 0"):
+    with pytest.raises(TodalError, match="'lr' parameter of bench protocol \\(--set\\) must be a float > 0"):
         protocol("smoke", ["lr=0"])
-    assert protocol("smoke", ["lr=1"]).train_config()["lr"] == 1.0
+    assert protocol("smoke", ["lr=1"]).train.lr == 1.0
+    assert protocol("smoke", ["precision=fp32", "compile=false"]).train.precision == "fp32"

@@ -10,12 +10,16 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, strategies
+from . import __version__, settings, strategies
 from .bench import cli as bench_cli
 from .project import cli as project_cli
 from .atomic import write_json
+from .ema import DEFAULT_DECAY
 from .errors import TodalError
+from .flavor import FLAVORS, Flavor
 from .loop import ActiveLoop, default_task
+from .models.source import ModelSource
+from .train import TrainConfig
 from .plots import learning_curve
 from .presets import defaults_for
 from .results import compare_table, run_table, summarize
@@ -43,32 +47,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
                    help="digits (embedded), fashion-mnist, cifar10, cifar100, svhn, PATH.npz or an image folder")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
-    p.add_argument("--model", default=None, help="small_cnn or resnet18 (default: per dataset)")
+    p.add_argument("--model", default=None, help="a model name of `todal models` (default: per dataset)")
     p.add_argument("--cycles", type=int, default=7)
     p.add_argument("--initial", type=_size, default=0.1, help="initial labeled set: fraction or count")
     p.add_argument("--budget", type=_size, default=0.05, help="labels per cycle: fraction or count")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per cycle (default: per dataset)")
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="default: per dataset (sgd)")
     p.add_argument("--task", choices=["classification", "segmentation"], default=None,
                    help="default: the dataset's own (segmentation for fashion-mnist-scenes and cityscapes)")
-    p.add_argument("--flavor", choices=["default", "paper", "official"], default="default",
-                   help="default (the paper with the code's Eq. 7 scale and first-cycle pick, see todal/flavor.py), "
+    p.add_argument("--flavor", choices=list(FLAVORS), default="default",
+                   help="default (the paper with the code's choices the evidence supports, see todal/flavor.py), "
                         "paper (its equations as printed) or official (the authors' code)")
-    p.add_argument("--first-cycle", choices=["highest", "lowest"], default=None,
-                   help="COD/EMAOD's first selection, against the untrained initial model: the highest "
-                        "discrepancy (paper, the flavor's default) or the lowest (official; see "
-                        "benchmarks/cod-first-cycle)")
-    p.add_argument("--lam", type=float, default=None, help="weight of the TOD loss (default: the flavor's)")
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--score-subset", type=int, default=None, help="score this many random unlabeled samples")
+    p.add_argument("--ema-decay", type=float, default=DEFAULT_DECAY, help="α of Eq. 6 (default %(default)s)")
     p.add_argument("--reinit", action="store_true", help="re-initialize the model every cycle")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
-                   help="a strategy option, e.g. --option passes=10, or NAME.KEY=VALUE for one strategy only "
-                        "(--option mc_dropout.passes=10); repeatable")
+                   help="a strategy option, e.g. --option passes=10 (given to every strategy of the command that "
+                        "takes it), or NAME.KEY=VALUE for one strategy only (--option mc_dropout.passes=10); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    settings.add_flags(p, TrainConfig, defaults={"epochs": "per dataset", "batch_size": "per dataset",
+                                                 "lr": "per dataset", "optimizer": "per dataset"})
+    settings.add_flags(p, Flavor, skip=("name",), defaults={f: "the flavor's" for f in
+                                                            [x.name for x in settings.fields_of(Flavor)]})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,22 +98,33 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _options(pairs: list[str], strategy: str) -> dict:
-    """The options of `strategy` among ['passes=10', 'mc_dropout.p=0.3', ...]: unscoped keys apply to
-    every strategy, NAME.KEY only to NAME; values are parsed as JSON when they can be."""
-    out = {}
+def _options(pairs: list[str], strategies_run: list[str]) -> dict[str, dict]:
+    """Each strategy's options among ['passes=10', 'mc_dropout.p=0.3', ...]: NAME.KEY only to NAME, an unscoped
+    KEY to every strategy of the command that takes it (refused when none does); values parsed as JSON where
+    they parse."""
+    out: dict[str, dict] = {name: {} for name in strategies_run}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
             raise TodalError(f"Strategy option {pair!r} is not KEY=VALUE; write e.g. --option passes=10.")
-        scope, dot, name = key.rpartition(".")
-        if dot and scope != strategy:
-            continue
         try:
-            out[name] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[name] = value
+            parsed = value
+        scope, dot, name = key.rpartition(".")
+        if dot:
+            if scope not in out:
+                raise TodalError(f"Strategy option {pair!r} is for {scope!r}, which this command does not run "
+                                 f"({', '.join(out)}); scope it to one of them or drop it.")
+            out[scope][name] = parsed
+            continue
+        takers = [s for s in out if name in strategies.options_of(s)]
+        if not takers:
+            raise TodalError(f"No strategy of this command ({', '.join(out)}) takes the option {name!r}; see "
+                             "`todal strategies` for each one's options.")
+        for s in takers:
+            out[s][name] = parsed
     return out
 
 
@@ -136,21 +145,17 @@ def _label(name: str, semi: bool) -> str:
     return f"{name}+semi" if semi else name
 
 
-def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path) -> ActiveLoop:
+def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path, options: dict) -> ActiveLoop:
     train_set, test_set = data
     d = defaults_for(args.dataset, train_set)
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer}
-    train = {**d["train"], **{k: v for k, v in given.items() if v is not None}}
-    options = d["model_options"] if args.model in (None, d["model"]) else {}
-    return ActiveLoop(args.model or d["model"], train_set, test_set, strategy=strategy, semi_supervised=semi,
-                      task=args.task or default_task(train_set), eval_batch_size=d.get("eval_batch_size"),
-                      initial=args.initial, budget=args.budget, cycles=args.cycles, workdir=workdir, seed=seed,
-                      flavor=args.flavor, train=train, reinit=args.reinit, lam=args.lam,
-                      flavor_overrides=None if args.first_cycle is None else
-                      {"first_cycle_lowest": args.first_cycle == "lowest"},
-                      ema_decay=args.ema_decay, score_subset=args.score_subset, device=args.device,
-                      model_options=options, strategy_options=_options(args.options, strategy) or None,
-                      progress=not args.quiet)
+    train = {**d["train"], **settings.given(args, TrainConfig)}
+    model = ModelSource(args.model or d["model"], d["model_options"] if args.model in (None, d["model"]) else {})
+    return ActiveLoop(model, train_set, test_set, strategy=strategies.get(strategy, **options),
+                      semi_supervised=semi, task=args.task or default_task(train_set),
+                      eval_batch_size=d.get("eval_batch_size"), initial=args.initial, budget=args.budget,
+                      cycles=args.cycles, workdir=workdir, seed=seed, train=train, reinit=args.reinit,
+                      flavor={"name": args.flavor, **settings.given(args, Flavor)}, ema_decay=args.ema_decay,
+                      device=args.device, progress=not args.quiet)
 
 
 def _execute(loop: ActiveLoop, title: str) -> list[dict]:
@@ -185,11 +190,12 @@ def cmd_run(args, argv) -> None:
             runs.append(base)
     summaries = {}
     root = Path(args.workdir) if args.workdir else None
+    options = _options(args.options, list(dict.fromkeys(strategy for strategy, _ in runs)))
     for i, (strategy, semi) in enumerate(runs):
         label = _label(strategy, semi)
         stem = f"{Path(args.dataset).stem}-{label}-seed{args.seed}"
         workdir = (root if i == 0 else root / f"baseline-{label}") if root else Path("runs") / stem
-        records = _execute(_loop(args, data, strategy, semi, args.seed, workdir), label)
+        records = _execute(_loop(args, data, strategy, semi, args.seed, workdir, options[strategy]), label)
         summaries[label] = summarize({args.seed: records})
     out = root or Path("runs") / f"{Path(args.dataset).stem}-{_label(name, args.semi)}-seed{args.seed}"
     _write_outputs(out, summaries, args, argv)
@@ -204,11 +210,12 @@ def cmd_compare(args, argv) -> None:
     parsed = [_spec(s) for s in specs]
     out = Path(args.out or f"runs/compare-{Path(args.dataset).stem}")
     summaries = {}
+    options = _options(args.options, list(dict.fromkeys(strategy for strategy, _ in parsed)))
     for strategy, semi in parsed:
         label = _label(strategy, semi)
         per_seed = {}
         for seed in args.seeds:
-            loop = _loop(args, data, strategy, semi, seed, out / f"{label}-seed{seed}")
+            loop = _loop(args, data, strategy, semi, seed, out / f"{label}-seed{seed}", options[strategy])
             per_seed[seed] = _execute(loop, f"{label} seed {seed}")
         summaries[label] = summarize(per_seed)
         _write_outputs(out, summaries, args, argv)  # partial results survive an interruption

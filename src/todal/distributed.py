@@ -101,22 +101,59 @@ def broadcast(obj):
 
 
 def on_main(fn):
-    """`fn()` run on rank 0 alone, its result on every rank; a `TodalError` it raises is raised on every rank
-    (so a refusal on rank 0 stops all ranks with the same one-line message instead of leaving them waiting)."""
+    """`fn()` run on rank 0 alone, its result on every rank. Any exception it raises is raised on every rank as
+    one `TodalError` with the same one-line message (a `TodalError`'s own; else the exception's type and first
+    line), so all ranks stop at once instead of waiting on the next collective until it times out."""
     from .errors import TodalError
 
     if not active():
         return fn()
-    box = None
+    box, cause = None, None
     if is_main():
         try:
             box = ("ok", fn())
         except TodalError as e:
-            box = ("error", str(e))
+            box, cause = ("error", str(e)), e
+        except Exception as e:  # noqa: BLE001 - whatever rank 0 hit, every rank must hear of it
+            first = str(e).splitlines()[0] if str(e) else ""
+            box, cause = ("error", f"rank 0 failed: {type(e).__name__}: {first}"), e
     kind, value = broadcast(box)
     if kind == "error":
-        raise TodalError(value)
+        raise TodalError(value) from cause
     return value
+
+
+def check_shared(folder) -> None:
+    """Refuse, on every rank, a run directory that some rank does not see as rank 0 does (a disk local to each
+    machine): rank 0 writes a random token there and every rank reads it back."""
+    if not active():
+        return
+    import secrets
+    from pathlib import Path
+
+    from .errors import TodalError
+
+    folder = Path(folder)
+    token = broadcast(secrets.token_hex(8) if is_main() else None)
+    marker = folder / f".todal-shared-{token}"
+    if is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+    barrier()
+    try:
+        seen = marker.read_text() == token
+    except OSError:
+        seen = False
+    views = [None] * world_size()
+    dist.all_gather_object(views, seen)
+    barrier()
+    if is_main():
+        marker.unlink(missing_ok=True)
+    blind = [r for r, ok in enumerate(views) if not ok]
+    if blind:
+        raise TodalError(f"The run directory {folder} is not on a filesystem every rank sees (rank "
+                         f"{', '.join(map(str, blind))} cannot read what rank 0 wrote there); put it on a shared "
+                         "filesystem (e.g. NFS) that every machine mounts at the same path, or run in one process.")
 
 
 def mean(value: float) -> float:

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+DEFAULT_DECAY = 0.999  # α of the paper (appendix B); the one home of this default
+
 
 class EMA:
     """Exponential moving average of a model's weights.
@@ -21,7 +23,7 @@ class EMA:
         teacher: an explicit initial teacher module (same architecture as the student).
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.999, *, buffers: bool = True,
+    def __init__(self, model: nn.Module, decay: float = DEFAULT_DECAY, *, buffers: bool = True,
                  teacher: nn.Module | None = None):
         self.decay = float(decay)
         self.buffers = bool(buffers)

@@ -29,7 +29,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .errors import TodalError, check_choice
+from collections.abc import Mapping
+
+from .errors import Bool, Choice, Int, Real, TodalError, check_choice, param_error
+from .settings import check, setting
 
 # Official code, per dataset: λ (WEIGHT) and the size of the random unlabeled subset scored (SUBSET).
 OFFICIAL_LAMBDA = {"cifar10": 0.02, "cifar100": 0.05, "svhn": 0.005, "caltech101": 0.1}
@@ -42,38 +45,34 @@ FLAVOR_BEFORE_CHOICES = {"consistency_reduction": "sum"}
 
 @dataclass(frozen=True)
 class Flavor:
-    """Resolved choices for one flavor (see DESIGN.md, "the official code").
+    """The choices where the paper and the authors' code differ; the defaults are the paper's.
 
-    measure: discrepancy value, "l2" = ||·|| (Eq. 5) or "half_sq" = 0.5·||·||² (same ranking).
-    score_subset: score a random subset of this many unlabeled samples (None: the whole pool).
-    first_cycle_lowest: in the first cycle select the LOWEST discrepancy (the code) not the highest.
-    first_reference: cycle-0 COD reference, "initial" = the student's own initial weights (paper),
-        "independent" = a separately initialized network (code).
-    consistency: "eq7" = Eq. 7 on the unlabeled batch, or "official" = MSE of a second head
-        against the teacher on labeled and unlabeled batches plus MSE between the two heads, or
-        "cyclic" = Eq. 7 against the previous cycle's model instead of the EMA teacher (the CyclicOD
-        loss of Fig. 10; the first cycle, with no previous model, trains on the task loss only).
-    consistency_reduction: Eq. 7 over the C outputs, "sum" (the squared norm, as printed) or "mean"
-        (the code's `F.mse_loss`, C times weaker at the same λ). Used by consistency "eq7" and "cyclic".
-    lam: λ of Eq. 9.
-    ema_init: "copy" of the student, or "independent" initialization (code).
-    ema_buffers: average BatchNorm buffers too (paper), or parameters only (code).
-    teacher_train_mode: run the teacher in train mode, batch statistics (code), or eval mode.
-    score_augment: score with the training augmentation (code quirk on SVHN and Caltech-101).
+    consistency "cyclic" is the CyclicOD loss of Fig. 10 (in the first cycle, with no previous model, the
+    task loss alone); `consistency_reduction` applies to "eq7" and "cyclic".
     """
 
-    name: str
-    measure: str
-    score_subset: int | None
-    first_cycle_lowest: bool
-    first_reference: str
-    consistency: str
-    consistency_reduction: str
-    lam: float
-    ema_init: str
-    ema_buffers: bool
-    teacher_train_mode: bool
-    score_augment: bool
+    name: str = setting("paper", Choice(("paper", "default", "official")), "the flavor these choices start from")
+    measure: str = setting("l2", Choice(("l2", "half_sq")),
+                           "COD's value: l2 = ||.|| (Eq. 5) or half_sq = 0.5·||.||² (the code; same ranking)")
+    score_subset: int | None = setting(None, Int(lo=1, optional=True, expected="an int >= 1 or None (the whole pool)"),
+                                       "score a random subset of this many unlabeled samples (None: all)")
+    first_cycle_lowest: bool = setting(False, Bool(),
+                                       "COD's first selection, against the untrained model: the lowest (the code)")
+    first_reference: str = setting("initial", Choice(("initial", "independent")),
+                                   "COD's cycle-0 reference: the initial weights, or an independently initialized net")
+    consistency: str = setting("eq7", Choice(("eq7", "official", "cyclic")),
+                               "the TOD loss: eq7 against the EMA teacher, official (two heads), cyclic (Fig. 10)")
+    consistency_reduction: str = setting("sum", Choice(("sum", "mean")),
+                                         "Eq. 7 over the C outputs: sum (as printed) or mean (the code)")
+    lam: float = setting(0.05, Real(lo=0), "λ of Eq. 9, the weight of the TOD loss")
+    ema_init: str = setting("copy", Choice(("copy", "independent")),
+                            "the EMA teacher starts as a copy of the student, or independently initialized")
+    ema_buffers: bool = setting(True, Bool(), "the teacher averages BatchNorm buffers too (the code: parameters only)")
+    teacher_train_mode: bool = setting(False, Bool(), "the teacher runs in train mode (batch statistics)")
+    score_augment: bool = setting(False, Bool(), "score with the training augmentation (a quirk of the code)")
+
+    def __post_init__(self):
+        check(self)
 
     def consistency_objective(self, ema_teacher, previous=None):
         """The unsupervised loss of Eq. 9 this flavor trains with: Eq. 7 against the EMA teacher (summed or
@@ -94,12 +93,12 @@ class Flavor:
         choices = [f.name for f in dataclasses.fields(self) if f.name != "name"]
         unknown = sorted(set(changes) - set(choices))
         if unknown:
-            raise TodalError(f"unknown flavor_overrides {unknown}; valid: {', '.join(choices)}.")
+            raise TodalError(f"Unknown flavor choice {unknown[0]!r}; valid: {', '.join(choices)}.")
         out = dataclasses.replace(self, **changes)
         if not out.ema_buffers and not out.teacher_train_mode:
             # measured (benchmarks/flavor-ablation, "teacher: parameters only"): an eval-mode teacher
             # with its BatchNorm statistics left at initialisation diverges to NaN within 6 cycles
-            raise TodalError("flavor_overrides ema_buffers=False needs teacher_train_mode=True: an eval-mode "
+            raise TodalError("The flavor choice ema_buffers=False needs teacher_train_mode=True: an eval-mode "
                              "teacher would normalise with never-updated BatchNorm statistics and diverge; "
                              "set both, as the authors' code does, or keep ema_buffers=True.")
         return out
@@ -114,15 +113,25 @@ def flavor_for(name: str, dataset: str = "") -> Flavor:
     check_choice("flavor", "ActiveLoop", name, FLAVORS)
     key = dataset.lower().replace("-", "").replace("_", "")
     if name == "default":
-        return dataclasses.replace(flavor_for("paper"), name="default", consistency_reduction="mean",
-                                   first_cycle_lowest=True, teacher_train_mode=True)
+        return Flavor(name="default", consistency_reduction="mean", first_cycle_lowest=True, teacher_train_mode=True)
     if name == "paper":
-        return Flavor(name="paper", measure="l2", score_subset=None, first_cycle_lowest=False,
-                      first_reference="initial", consistency="eq7", consistency_reduction="sum", lam=0.05,
-                      ema_init="copy",
-                      ema_buffers=True, teacher_train_mode=False, score_augment=False)
+        return Flavor(name="paper")
     return Flavor(name="official", measure="half_sq", score_subset=OFFICIAL_SUBSET.get(key, 25000),
                   first_cycle_lowest=True, first_reference="independent", consistency="official",
                   consistency_reduction="mean",
                   lam=OFFICIAL_LAMBDA.get(key, 0.05), ema_init="independent", ema_buffers=False,
                   teacher_train_mode=True, score_augment=key in OFFICIAL_SCORE_AUGMENT)
+
+
+def resolve(spec: str | Flavor | Mapping, dataset: str = "", owner: str = "ActiveLoop") -> Flavor:
+    """A flavor from its name (resolved for `dataset`), a `Flavor` (as it is), or a dict of single choices over
+    a named one: `{"name": "official", "lam": 0.1}` (the name defaults to "default")."""
+    if isinstance(spec, Flavor):
+        return spec
+    if isinstance(spec, str):
+        return flavor_for(spec, dataset)
+    if isinstance(spec, Mapping):
+        changes = dict(spec)
+        return flavor_for(changes.pop("name", DEFAULT), dataset).replace(**changes)
+    raise param_error("flavor", owner, "a flavor name (" + ", ".join(FLAVORS) + "), a todal.flavor.Flavor, or a dict "
+                      "of its choices such as {'name': 'official', 'lam': 0.1}", spec)

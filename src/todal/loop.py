@@ -1,4 +1,5 @@
-"""ActiveLoop: the cycle driver. pool -> train -> evaluate -> select -> label -> pool.
+"""ActiveLoop: the engine's cycle (todal/engine.py) driven over a run directory.
+pool -> train -> evaluate -> select -> label -> pool.
 
 Every stage reads its inputs from the run directory and writes its result there (atomically)
 before the next stage starts, and all randomness comes from generators derived from
@@ -12,12 +13,11 @@ Run directory:
     progress.json   the next stage to run, and what the current cycle has measured so far
     metrics.jsonl   one line per finished cycle
     checkpoints/    init.pt, cycle_<c>.pt (model, EMA, strategy state after training),
-                    strategy_<c>.pt (strategy state after selection)
+                    strategy_<c>.pt (strategy state after selection); weights only
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -32,20 +32,22 @@ import torch
 from torch import Tensor, nn
 
 from . import distributed
-from .atomic import torch_save, write_json, write_jsonl
-from .ema import EMA
-from .errors import Int, Real, TodalError, check_choice, param_error, validate
-from .flavor import FLAVOR_BEFORE_CHOICES, Flavor, flavor_for
+from .atomic import write_json, write_jsonl
+from .ema import DEFAULT_DECAY, EMA
+from .engine import Checkpoints, Engine, Seeds, generator
+from .errors import Bool, Int, Real, TodalError, param_error, validate
+from .flavor import FLAVOR_BEFORE_CHOICES, Flavor, resolve
 from .inference import chunks, fetch
 from .labeled import PoolLabels
+from .models.source import ModelSource, model_source
 from .oracle import FileOracle, SimulatedOracle
 from .pool import Pool
-from .strategies import Context, Strategy
+from .settings import from_dict
+from .strategies import Strategy
 from .strategies import get as get_strategy
-from .strategies import names as strategy_names
 from .strategies.base import LabelMaps
-from .tasks import Segmentation, get_task
-from .train import TrainConfig, evaluate, fit
+from .tasks import Segmentation, Task, get_task
+from .train import TrainConfig
 
 STAGES = ("train", "evaluate", "select", "reveal")
 # Dense outputs: inference batches hold about this many pixels (64x64 scenes: 256 a batch; a
@@ -72,24 +74,6 @@ def default_eval_batch_size(dataset, dense: bool) -> int:
     return max(1, min(512, PIXELS_PER_BATCH // max(pixels, 1)))
 
 
-def derive_seed(seed: int, *keys) -> int:
-    """A 63-bit seed for one (stage, cycle, ...) from the run's seed: resuming reproduces it."""
-    h = hashlib.sha256(repr((int(seed),) + keys).encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
-
-
-def generator(seed: int, *keys) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(seed, *keys))
-
-
-@contextlib.contextmanager
-def seeded(seed: int, *keys):
-    """Seed torch's global RNG (dropout, initializers) for a block and restore it afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, *keys))
-        yield
-
-
 def _plain(value):
     """numpy integers and floats as Python's (bools stay bools)."""
     if isinstance(value, np.integer):
@@ -101,8 +85,8 @@ def _plain(value):
 
 _LOOP_RULES = {
     "cycles": Int(lo=1), "seed": Int(), "ema_decay": Real(lo=0, hi=1, hi_open=True),
-    "eval_batch_size": Int(lo=1, optional=True),
-    "score_subset": Int(lo=1, optional=True, expected="an int >= 1 or None (the whole pool)"),
+    "eval_batch_size": Int(lo=1, optional=True), "num_classes": Int(lo=1, optional=True),
+    "semi_supervised": Bool(), "reinit": Bool(), "keep_checkpoints": Bool(), "progress": Bool(),
 }
 
 
@@ -148,6 +132,8 @@ class LoopConfig:
 LATER_KEYS = ("model_arch", "augment")
 # TrainConfig fields added after runs were made, with the behaviour those runs had
 TRAIN_BEFORE_OPTIONS = {"precision": "auto", "channels_last": None, "compile": False, "sync_bn": False}
+# configuration values a finished or running run may change: they only shape the cycles still to come
+EXTENDABLE = ("cycles", "budget")
 
 
 def infer_num_classes(dataset) -> int:
@@ -165,19 +151,28 @@ def infer_num_classes(dataset) -> int:
                      "pass ActiveLoop(..., num_classes=C) or give the dataset a num_classes attribute.")
 
 
-def instance_options(strategy: Strategy) -> dict:
-    """The options a strategy instance holds (its constructor's parameters it keeps as attributes), recorded
-    so a run resumed with differently configured strategy is refused."""
-    from .strategies import _init_params
+def _json(value):
+    try:
+        return json.loads(json.dumps(value))
+    except TypeError:
+        return repr(value)
 
+
+def strategy_options(strategy: Strategy) -> dict:
+    """The options a strategy instance was built with that differ from its defaults (and its class, when it is
+    not the registered one), recorded so a run resumed with a differently configured strategy is refused."""
+    from .strategies import REGISTRY, _init_params
+
+    if strategy.name not in REGISTRY:
+        return {"class": f"{type(strategy).__module__}.{type(strategy).__qualname__}"}
     out = {}
-    for key in (_init_params(strategy.name) if strategy.name in strategy_names() else {}):
-        value = getattr(strategy, key, getattr(strategy, f"_{key}", None))
-        try:
-            out[key] = json.loads(json.dumps(value))
-        except TypeError:
-            out[key] = repr(value)
-    return {"class": f"{type(strategy).__module__}.{type(strategy).__qualname__}", **out}
+    if type(strategy) is not REGISTRY.get(strategy.name):
+        out["class"] = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
+    for key, param in _init_params(strategy.name).items():
+        value = _json(getattr(strategy, key, getattr(strategy, f"_{key}", None)))
+        if param.default is param.empty or value != _json(param.default):
+            out[key] = value
+    return out
 
 
 def architecture(model: nn.Module) -> str:
@@ -186,149 +181,159 @@ def architecture(model: nn.Module) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-# configuration values a finished or running run may change: they only shape the cycles still to come
-EXTENDABLE = ("cycles", "budget")
-
-
 class ActiveLoop:
     """Active learning with TOD (or any registered strategy) on a training and a test set.
 
-    Args:
-        model_fn: a model name of `todal.models` (built with `model_options`) or a callable
-            returning a fresh `nn.Module`.
+    The constructor stores and checks its arguments; `run()` does the work (and resumes a run directory).
+
+    What to run:
+        model: a model name of `todal.models`, a callable returning a fresh `nn.Module`, or a
+            `todal.models.ModelSource` (a name with its options, ...).
         train_set, test_set: indexable datasets of `(x, y)`; indices of `train_set` identify samples.
-        strategy: a strategy name or instance. semi_supervised: add the TOD loss of Eq. 7 (Eq. 9).
-        initial, budget: fractions of the training set in (0, 1] or counts.
-        cycles: training cycles (the last one is not followed by a selection).
-        epochs: per cycle; other training settings via `train=TrainConfig(...)` or a dict.
-        workdir: the run directory (None: a temporary one, nothing kept).
-        flavor: "default", "paper" or "official" (see `todal.flavor`); `flavor_overrides` changes single choices.
-        reinit: re-initialize the model at every cycle instead of continuing from the last one.
-        lam, ema_decay: λ of Eq. 9 (None: the flavor's) and α of Eq. 6.
-        score_subset: score only this many random unlabeled samples (None: the flavor's).
-        oracle: who labels (default: the dataset's own labels). For segmentation the pool records
-            which samples are labeled and training reads their masks from the dataset.
+        strategy: a strategy name or instance (`todal.strategies.get(name, **options)`).
+        semi_supervised: add the TOD loss of Eq. 7 (Eq. 9).
+        initial, budget: fractions of the training set in (0, 1] or counts. cycles: training cycles (the last
+            one is not followed by a selection). seed: every random draw of the run.
         task: "classification" or "segmentation" (None: `default_task(train_set)`).
-        eval_batch_size: batch of evaluation and scoring (None: `default_eval_batch_size`: 512,
-            fewer for large dense outputs).
-        keep_checkpoints: keep every cycle's checkpoint (analyses across cycles); by default only the
-            last two are kept, which is all that resuming and COD need.
-        augment: the training augmentation. None: the dataset's default (`todal.data.transforms_for`: crop and
-            flip for ArrayDatasets that set them, none for others); False: none; or `fn(x, generator) -> x`
-            applied to each labeled and unlabeled batch as the dataset gives it, returning what the model takes
-            (draw randomness from `generator`). Not for segmentation (masks): use a train_pair_transform there.
+    Training: `train` (a `TrainConfig` or a dict of its fields; `epochs` may be given alone), `reinit`
+        (re-initialize the model every cycle instead of continuing), `augment` (None: the dataset's default
+        crop and flip; False: none; or `fn(x, generator) -> x`, not for segmentation masks).
+    TOD's choices: `flavor` ("default", "paper", "official", a `todal.flavor.Flavor`, or a dict of single
+        choices over one: `{"name": "paper", "lam": 0.1}`), `ema_decay` (α of Eq. 6).
+    Labels and resources: `oracle` (who labels; default: the dataset's own labels), `device`, `num_classes`
+        (else counted from the labels), `eval_batch_size` (evaluation and scoring; None: 512, fewer for
+        large dense outputs), `workdir` (the run directory; None: a temporary one), `keep_checkpoints` (every
+        cycle's; by default the last two, all that resuming and COD need), `progress` (progress bars).
     """
 
-    def __init__(self, model_fn: str | Callable[[], nn.Module], train_set, test_set, *,
-                 strategy: str | Strategy = "cod", semi_supervised: bool = True, initial=0.1,
-                 budget=0.05, cycles: int = 7, epochs: int | None = None, workdir=None, seed: int = 0,
-                 task: str | None = None, flavor: str = "default", flavor_overrides: dict | None = None,
-                 train: TrainConfig | dict | None = None, reinit: bool = False, lam: float | None = None,
-                 ema_decay: float = 0.999, score_subset: int | None = None, strategy_options: dict | None = None,
-                 model_options: dict | None = None, oracle=None, device: str | torch.device | None = None,
-                 num_classes: int | None = None,
-                 eval_batch_size: int | None = None, progress: bool = False, keep_checkpoints: bool = False,
-                 augment: Callable | bool | None = None):
+    def __init__(self, model: str | Callable[[], nn.Module] | ModelSource, train_set, test_set, *,
+                 strategy: str | Strategy = "cod", semi_supervised: bool = True, initial=0.1, budget=0.05,
+                 cycles: int = 7, epochs: int | None = None, workdir=None, seed: int = 0, task: str | None = None,
+                 train: TrainConfig | dict | None = None, flavor: str | Flavor | dict = "default",
+                 ema_decay: float = DEFAULT_DECAY, reinit: bool = False, augment: Callable | bool | None = None,
+                 oracle=None, device: str | torch.device | None = None, num_classes: int | None = None,
+                 eval_batch_size: int | None = None, keep_checkpoints: bool = False, progress: bool = False):
         owner = "ActiveLoop"
         initial, budget = _plain(initial), _plain(budget)  # numpy scalars are ints and floats too
         n = len(train_set)
         if n < 2:
             raise param_error("train_set", owner, "a dataset of at least 2 samples", f"{n} samples")
-        checked = validate(owner, _LOOP_RULES, cycles=cycles, seed=seed, ema_decay=ema_decay,
-                           eval_batch_size=eval_batch_size)
-        cycles, seed, ema_decay, eval_batch_size = checked.values()
-        self.train_set, self.test_set = train_set, test_set
-        self.num_classes = int(num_classes or getattr(train_set, "num_classes", 0) or infer_num_classes(train_set))
-        if not isinstance(strategy, str) and strategy_options:
-            raise TodalError("strategy_options apply to a strategy given by name; give the instance its options "
-                             "(todal.strategies.get(name, **options)) or pass the name with strategy_options.")
-        if not isinstance(model_fn, str) and model_options:
-            raise TodalError("model_options apply to a model given by name; a callable builds its own model: "
-                             "bind the options into it (functools.partial) or pass a model name.")
-        if isinstance(model_fn, nn.Module):
-            raise TodalError(f"model_fn is a model instance ({type(model_fn).__name__}); pass a function that builds "
-                             f"a fresh one, e.g. lambda: {type(model_fn).__name__}(...), or a model name.")
-        self.strategy = get_strategy(strategy, **(strategy_options or {})) if isinstance(strategy, str) else strategy
-        init = resolve_size(initial, n, "initial")
-        step = resolve_size(budget, n, "budget") if cycles > 1 else 0
-        need = init + step * (cycles - 1)
-        if need > n:
-            raise TodalError(f"The plan needs {need} labels (initial {init} + {cycles - 1} cycles x budget "
-                             f"{step}) but the training set has {n} samples; lower the budget, the initial "
-                             "size or the number of cycles.")
         if test_set is None:
             raise param_error("test_set", owner, "a dataset to evaluate each cycle on", None,
                               "Hold out part of your labeled data, e.g. todal.data.stratified_split.")
+        checked = validate(owner, _LOOP_RULES, cycles=cycles, seed=seed, ema_decay=ema_decay,
+                           eval_batch_size=eval_batch_size, num_classes=num_classes,
+                           semi_supervised=semi_supervised, reinit=reinit, keep_checkpoints=keep_checkpoints,
+                           progress=progress)
+        self.cycles, self.seed, self.ema_decay = checked["cycles"], checked["seed"], checked["ema_decay"]
+        self.semi_supervised, self.reinit = checked["semi_supervised"], checked["reinit"]
+        self.keep_checkpoints, self.progress = checked["keep_checkpoints"], checked["progress"]
+        self.eval_batch_size, self.num_classes_given = checked["eval_batch_size"], checked["num_classes"]
+        self.source = model_source(model)
+        self.train_set, self.test_set = train_set, test_set
+        if isinstance(strategy, str):
+            strategy = get_strategy(strategy)
+        elif not isinstance(strategy, Strategy):
+            raise param_error("strategy", owner, "a strategy name or a todal Strategy", type(strategy).__name__)
+        self.strategy = strategy
+        self.initial = resolve_size(initial, n, "initial")
+        self.budget = resolve_size(budget, n, "budget") if self.cycles > 1 else 0
+        need = self.initial + self.budget * (self.cycles - 1)
+        if need > n:
+            raise TodalError(f"The plan needs {need} labels (initial {self.initial} + {self.cycles - 1} cycles x "
+                             f"budget {self.budget}) but the training set has {n} samples; lower the budget, the "
+                             "initial size or the number of cycles.")
         if train is not None and not isinstance(train, (TrainConfig, dict)):
             raise param_error("train", owner, "a TrainConfig or a dict of its fields", type(train).__name__)
-        unknown = sorted(set(train or {}) - {f for f in TrainConfig.__dataclass_fields__}) if isinstance(train, dict) else []
-        if unknown:
-            raise TodalError(f"Unknown train option {unknown[0]!r}; valid: {', '.join(TrainConfig.__dataclass_fields__)}.")
-        tc = train if isinstance(train, TrainConfig) else TrainConfig(**(train or {}))
-        given = train.to_dict() if isinstance(train, TrainConfig) else dict(train or {})
-        if epochs is not None and "epochs" in given and given["epochs"] != epochs:
-            raise TodalError(f"epochs is set twice (epochs={epochs}, train epochs={given['epochs']}); set it in one "
-                             "place.")
-        for key, value in (("lam", lam), ("score_subset", score_subset)):
-            if value is not None and key in (flavor_overrides or {}) and flavor_overrides[key] != value:
-                raise TodalError(f"{key} is set twice ({key}={value}, flavor_overrides {key}={flavor_overrides[key]}); "
-                                 "set it in one place.")
+        cfg = train if isinstance(train, TrainConfig) else from_dict(TrainConfig, train, "train")
         if epochs is not None:
-            tc = TrainConfig(**{**tc.to_dict(), "epochs": epochs})
-        dataset_name = getattr(train_set, "name", "") or type(train_set).__name__
-        fl = flavor_for(flavor, dataset_name)
-        fl = fl.replace(**{**(flavor_overrides or {}),
-                           **({"lam": float(lam)} if lam is not None else {}),
-                           **({"score_subset": score_subset} if score_subset is not None else {})})
-        check_choice("consistency", owner, fl.consistency, ("eq7", "official", "cyclic"))
-        check_choice("consistency_reduction", owner, fl.consistency_reduction, ("sum", "mean"))
-        validate(owner, _LOOP_RULES, score_subset=fl.score_subset)
-        self.flavor: Flavor = fl
-        self.model_fn = model_fn
-        task = default_task(train_set) if task is None else task
-        self.task = get_task(task, self.num_classes)
-        self.dense = isinstance(self.task, Segmentation)
-        if self.dense and isinstance(oracle, FileOracle):
+            given = train.to_dict() if isinstance(train, TrainConfig) else dict(train or {})
+            if "epochs" in given and given["epochs"] != epochs:
+                raise TodalError(f"epochs is set twice (epochs={epochs}, train epochs={given['epochs']}); set it in "
+                                 "one place.")
+            cfg = TrainConfig(**{**cfg.to_dict(), "epochs": epochs})
+        self.train_cfg = cfg
+        self.dataset_name = getattr(train_set, "name", "") or type(train_set).__name__
+        self.flavor: Flavor = resolve(flavor, self.dataset_name)
+        self.task_name = default_task(train_set) if task is None else task
+        get_task(self.task_name, 1)  # an unknown task names the valid ones now
+        if self.task_name == "segmentation" and isinstance(oracle, FileOracle):
             raise TodalError("FileOracle reads class labels from labels.csv and cannot take segmentation masks; "
                              "for task='segmentation' the masks come from the dataset (leave oracle unset).")
         self.oracle = oracle or SimulatedOracle(train_set)
-        if eval_batch_size is None:
-            eval_batch_size = default_eval_batch_size(train_set, self.dense)
+        if not (augment is None or augment is False or callable(augment)):
+            raise param_error("augment", owner, "None (the dataset's default), False (none) or fn(x, generator) -> x",
+                              augment)
+        if callable(augment) and self.task_name == "segmentation":
+            raise TodalError("augment= transforms inputs alone, which would misalign segmentation masks; give the "
+                             "dataset a train_pair_transform(x, y, generator), or pass augment=False for none.")
+        self.augment = augment
         self.device = distributed.device_for(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise TodalError(f"device={str(device)!r} but this PyTorch sees no CUDA device; pass device='cpu' or "
                              "install a CUDA build of torch on a machine with a GPU.")
-        self.progress = progress
-        self.keep_checkpoints = bool(keep_checkpoints)
-        self.needs_ema = semi_supervised or self.strategy.needs_ema
-        model_id = model_fn if isinstance(model_fn, str) else getattr(model_fn, "__qualname__", repr(model_fn))
-        if not (augment is None or augment is False or callable(augment)):
-            raise param_error("augment", owner, "None (the dataset's default), False (none) or fn(x, generator) -> x",
-                              augment)
-        if callable(augment) and self.dense:
-            raise TodalError("augment= transforms inputs alone, which would misalign segmentation masks; give the "
-                             "dataset a train_pair_transform(x, y, generator), or pass augment=False for none.")
-        self.augment = augment
-        self.config = LoopConfig(
-            strategy=self.strategy.name,
-            strategy_options=strategy_options or {} if isinstance(strategy, str) else instance_options(strategy),
-            semi_supervised=bool(semi_supervised), initial=init, budget=step, cycles=cycles, seed=seed,
-            task=task, flavor=asdict(fl), reinit=bool(reinit), ema_decay=float(ema_decay),
-            train=tc.to_dict(), model=str(model_id), model_options=dict(model_options or {}),
-            eval_batch_size=eval_batch_size,
-            dataset={"name": dataset_name, "train_size": n, "test_size": len(test_set),
-                     "num_classes": self.num_classes}, model_arch="",
-            augment="default" if augment is None else "none" if augment is False else
-            getattr(augment, "__qualname__", type(augment).__name__))
-        probe = self._new_model("arch")
-        self.config.model_arch = architecture(probe)
-        self._probe(probe, train_set, test_set)
-        self.train_cfg = tc
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="todal-")
             workdir = self._tmp.name
         self.workdir = Path(workdir)
+        self.checkpoints = Checkpoints(self.workdir / "checkpoints")
+        self._engine: Engine | None = None
+        self._config: LoopConfig | None = None
+
+    # --- what run() resolves first ----------------------------------------------------------------
+    @property
+    def needs_ema(self) -> bool:
+        return self.semi_supervised or self.strategy.needs_ema
+
+    @property
+    def task(self) -> Task:
+        return self.engine.task
+
+    @property
+    def dense(self) -> bool:
+        return self.task_name == "segmentation"
+
+    @property
+    def num_classes(self) -> int:
+        return self.engine.num_classes
+
+    @property
+    def engine(self) -> Engine:
+        """The cycle's pieces for this run (built on first use: counts the classes)."""
+        if self._engine is None:
+            num_classes = int(self.num_classes_given or getattr(self.train_set, "num_classes", 0)
+                              or infer_num_classes(self.train_set))
+            task = get_task(self.task_name, num_classes)
+            batch = self.eval_batch_size or default_eval_batch_size(self.train_set, isinstance(task, Segmentation))
+            self._engine = Engine(self.source, task, self.strategy, flavor=self.flavor, train=self.train_cfg,
+                                  semi=self.semi_supervised, seeds=Seeds(self.seed, models="model"),
+                                  in_channels=getattr(self.train_set, "in_channels", 1), num_classes=num_classes,
+                                  ema_decay=self.ema_decay, device=self.device, batch_size=batch,
+                                  augment=self._augmentation(), workdir=self.workdir, progress=self.progress)
+        return self._engine
+
+    @property
+    def config(self) -> LoopConfig:
+        """The resolved configuration (config.json); the first call builds the model once, to check that it
+        takes the data (`_probe`) and to record its architecture."""
+        if self._config is None:
+            engine = self.engine
+            probe = engine.new_model("arch")
+            self._probe(probe)
+            augment = self.augment
+            self._config = LoopConfig(
+                strategy=self.strategy.name, strategy_options=strategy_options(self.strategy),
+                semi_supervised=self.semi_supervised, initial=self.initial, budget=self.budget, cycles=self.cycles,
+                seed=self.seed, task=self.task_name, flavor=asdict(self.flavor), reinit=self.reinit,
+                ema_decay=self.ema_decay, train=self.train_cfg.to_dict(), model=self.source.name,
+                model_options=dict(self.source.options), eval_batch_size=engine.batch_size,
+                dataset={"name": self.dataset_name, "train_size": len(self.train_set), "test_size": len(self.test_set),
+                         "num_classes": engine.num_classes},
+                model_arch=architecture(probe),
+                augment="default" if augment is None else "none" if augment is False else
+                getattr(augment, "__qualname__", type(augment).__name__))
+        return self._config
 
     def _augmentation(self):
         """The `transform` fit() takes: None (the dataset's default), the test transform (no augmentation), or the
@@ -341,40 +346,35 @@ class ActiveLoop:
             return test_transform(self.train_set)
         return self.augment
 
-    def _probe(self, model: nn.Module, train_set, test_set) -> None:
+    def _probe(self, model: nn.Module) -> None:
         """Two samples through the model before anything is trained: the errors a run would hit hours later
         (inputs the model cannot take, fewer outputs than classes, test labels the training set lacks)."""
         from .inference import test_transform
 
-        x = fetch(train_set, torch.arange(min(2, len(train_set))))[0]
+        x = fetch(self.train_set, torch.arange(min(2, len(self.train_set))))[0]
         try:
             with torch.no_grad():
-                out = model.eval()(test_transform(train_set)(x))
+                out = model.eval()(test_transform(self.train_set)(x))
         except Exception as e:  # the user's model: any error, told with the input shape
             raise TodalError(f"The model fails on the training set's inputs of shape {list(x.shape)} ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); images must be [N, C, H, W] (channels first: "
                              "x.permute(0, 3, 1, 2) for HWC) and match the model's input.") from None
-        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[1] != self.num_classes:
-            raise TodalError(f"The model outputs {out.shape[1]} scores per sample but the data has {self.num_classes} "
-                             f"classes; build it with {self.num_classes} outputs (or pass num_classes=).")
-        test_labels = getattr(test_set, "y", None) if not self.dense else None
-        if isinstance(test_labels, torch.Tensor) and len(test_labels) and int(test_labels.max()) >= self.num_classes:
+        num_classes = self.engine.num_classes
+        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[1] != num_classes:
+            raise TodalError(f"The model outputs {out.shape[1]} scores per sample but the data has {num_classes} "
+                             f"classes; build it with {num_classes} outputs (or pass num_classes=).")
+        test_labels = getattr(self.test_set, "y", None) if not self.dense else None
+        if isinstance(test_labels, torch.Tensor) and len(test_labels) and int(test_labels.max()) >= num_classes:
             raise TodalError(f"The test set has label {int(test_labels.max())} but the training set only "
-                             f"{self.num_classes} classes; pass num_classes={int(test_labels.max()) + 1}.")
+                             f"{num_classes} classes; pass num_classes={int(test_labels.max()) + 1}.")
 
     # --- files --------------------------------------------------------------------------------
     def _path(self, *parts: str) -> Path:
         return self.workdir.joinpath(*parts)
 
-    def _ckpt(self, name: str) -> Path:
-        return self._path("checkpoints", name)
-
     def _load(self, name: str) -> dict:
-        try:
-            return torch.load(self._ckpt(name), map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            raise TodalError(f"Checkpoint {self._ckpt(name)} is missing, so the run cannot resume; "
-                             "delete the run directory to start over.") from None
+        return self.checkpoints.load(name, f"Checkpoint {self.checkpoints.path(name)} is missing, so the run cannot "
+                                           "resume; delete the run directory to start over.")
 
     def _read_json(self, name: str):
         path = self._path(name)
@@ -415,7 +415,7 @@ class ActiveLoop:
             return self.model(cycle - 1)
         init = self._load("init.pt")
         state = init["reference"] if init.get("reference") is not None else init["model"]
-        return self._model_with(state).to(self.device).eval()
+        return self.engine.model_with(state).to(self.device).eval()
 
     def strategy_at(self, cycle: int | None = None) -> Strategy:
         """A copy of the strategy holding the state it had after cycle `cycle`'s training (LL4AL's loss
@@ -439,80 +439,48 @@ class ActiveLoop:
         return int(cycle)
 
     def _checkpoint(self, cycle: int) -> dict:
-        if not self._ckpt(f"cycle_{cycle}.pt").exists():
+        if not self.checkpoints.exists(f"cycle_{cycle}.pt"):
             raise TodalError(f"Cycle {cycle}'s checkpoint is gone: a run keeps only its last two cycles; build the "
                              "loop with keep_checkpoints=True to keep every cycle.")
         return self._load(f"cycle_{cycle}.pt")
 
     def _saved(self, cycle: int | None) -> tuple[nn.Module, EMA | None]:
-        model, ema = self._model_and_teacher(self._checkpoint(self._trained(cycle)))
+        strategy = self.engine.strategy.state_dict()  # reading a checkpoint leaves the loop's strategy as it was
+        model, ema = self.engine.restore(self._checkpoint(self._trained(cycle)))
+        self.engine.strategy.load_state_dict(strategy)
         return model.eval(), ema
-
-    # --- models -------------------------------------------------------------------------------
-    def _new_model(self, *keys) -> nn.Module:
-        second = self.config.semi_supervised and self.flavor.consistency == "official"
-        with seeded(self.config.seed, "model", *keys):
-            if isinstance(self.model_fn, str):
-                from . import models
-
-                return models.get(self.model_fn, in_channels=getattr(self.train_set, "in_channels", 1),
-                                  num_classes=self.num_classes, second_head=second,
-                                  **self.config.model_options)
-            model = self.model_fn()
-            if second and not hasattr(model, "heads"):  # the official consistency on any model
-                from .models import SecondHead
-
-                model = SecondHead(model)
-            return model
-
-    def _ema(self, model: nn.Module) -> EMA | None:
-        if not self.needs_ema:
-            return None
-        teacher = self._new_model("teacher") if self.flavor.ema_init == "independent" else None
-        # Without the consistency loss nothing runs the teacher, so only averaging keeps its
-        # BatchNorm statistics meaningful (EMAOD on a task-only run).
-        buffers = self.flavor.ema_buffers or not self.config.semi_supervised
-        return EMA(model, self.config.ema_decay, buffers=buffers, teacher=teacher)
-
-    def _model_with(self, weights: dict) -> nn.Module:
-        """A model of this run holding `weights` (a state dict)."""
-        model = self._new_model("init")
-        model.load_state_dict(weights)
-        return model
-
-    def _model_and_teacher(self, state: dict) -> tuple[nn.Module, EMA | None]:
-        """The model and EMA teacher a checkpoint holds, both on the loop's device."""
-        model = self._model_with(state["model"])
-        ema = self._ema(model)
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-            ema.model.to(self.device)  # EMAOD and QBC's snapshot committee run the teacher beside the model
-        return model.to(self.device), ema
-
-    def _restore(self, state: dict) -> tuple[nn.Module, EMA | None]:
-        """`_model_and_teacher`, with the loop's strategy set to the checkpoint's state (resuming a stage)."""
-        self.strategy.load_state_dict(state.get("strategy") or {})
-        return self._model_and_teacher(state)
 
     # --- the run ------------------------------------------------------------------------------
     def _used(self, flavor: dict) -> dict:
         """The flavor choices this run uses: without the TOD loss, none of the loss's or of how the teacher
         runs in it; without an EMA teacher, none of the teacher's."""
         unused = set()
-        if not self.config.semi_supervised:
+        if not self.semi_supervised:
             unused |= {"consistency", "consistency_reduction", "lam", "teacher_train_mode"}
         if not self.needs_ema:
             unused |= {"ema_init", "ema_buffers"}
         return {k: v for k, v in flavor.items() if k not in unused}
 
+    def _comparable(self, saved: dict) -> dict:
+        """A saved config.json in today's terms: values added since it was written take the behaviour its run
+        had, and a strategy instance's options are those that differ from the defaults."""
+        saved = dict(saved)
+        if isinstance(saved.get("flavor"), dict):  # runs made before a flavor choice existed used its old value
+            saved["flavor"] = {**FLAVOR_BEFORE_CHOICES, **saved["flavor"]}
+        if isinstance(saved.get("train"), dict):  # runs made before a training option existed ran its default
+            saved["train"] = {**TRAIN_BEFORE_OPTIONS, **saved["train"]}
+        options = saved.get("strategy_options")
+        if isinstance(options, dict) and "class" in options:  # recorded in full by earlier versions
+            saved["strategy_options"] = strategy_options(self.strategy) if all(
+                options.get(k) == v for k, v in strategy_options(self.strategy).items()) and \
+                options["class"] == f"{type(self.strategy).__module__}.{type(self.strategy).__qualname__}" \
+                else options
+        return saved
+
     def _start(self) -> Pool:
         cfg = self.config.to_dict()
         if self._path("config.json").exists():
-            saved = self._read_json("config.json")
-            if isinstance(saved.get("flavor"), dict):  # runs made before a flavor choice existed used its old value
-                saved["flavor"] = {**FLAVOR_BEFORE_CHOICES, **saved["flavor"]}
-            if isinstance(saved.get("train"), dict):  # runs made before a training option existed ran its default
-                saved["train"] = {**TRAIN_BEFORE_OPTIONS, **saved["train"]}
+            saved = self._comparable(self._read_json("config.json"))
             # flavor choices this run never uses cannot make it differ
             was, now = dict(saved), dict(cfg)
             if isinstance(was.get("flavor"), dict):
@@ -531,19 +499,12 @@ class ActiveLoop:
         # A fresh run: initial random set, initial model (and teacher, and COD's reference).
         write_json(self._path("config.json"), cfg)
         pool = Pool(len(self.train_set), self.num_classes, dense=self.dense, ignore_index=self.task.ignore_index)
-        perm = torch.randperm(len(self.train_set), generator=generator(self.config.seed, "initial"))
-        first = perm[: self.config.initial].sort().values
+        perm = torch.randperm(len(self.train_set), generator=generator(self.seed, "initial"))
+        first = perm[: self.initial].sort().values
         if not self._label(pool, first, 0):
             raise TodalError("The oracle has no labels for the initial set yet; label the samples in "
                              "to_label.csv and run again.")
-        model = self._new_model("init")
-        ema = self._ema(model)
-        reference = None
-        if self.strategy.needs_previous and self.flavor.first_reference == "independent":
-            reference = self._new_model("reference").state_dict()
-        torch_save(self._ckpt("init.pt"), {"model": model.state_dict(),
-                                           "ema": ema.state_dict() if ema else None,
-                                           "reference": reference, "strategy": self.strategy.state_dict()})
+        self.checkpoints.save("init.pt", self.engine.initial())
         pool.save(self._path("pool.json"))
         write_json(self._path("progress.json"), {"cycle": 0, "stage": "train", "pending": {}})
         return pool
@@ -552,9 +513,9 @@ class ActiveLoop:
         """More cycles (or another budget for the selections still to come) on an existing run: what already
         happened stays; a run cannot be cut below the cycle it has reached."""
         reached = self._read_json("progress.json")["cycle"] if self._path("progress.json").exists() else 0
-        if self.config.cycles <= reached:
+        if self.cycles <= reached:
             raise TodalError(f"{self.workdir} has reached cycle {reached + 1} of {saved.get('cycles')}; it cannot be "
-                             f"cut to {self.config.cycles} cycles: pass cycles >= {reached + 1}, or use another "
+                             f"cut to {self.cycles} cycles: pass cycles >= {reached + 1}, or use another "
                              "work directory.")
         write_json(self._path("config.json"), {**saved, **{k: self.config.to_dict()[k] for k in EXTENDABLE}})
 
@@ -562,6 +523,7 @@ class ActiveLoop:
         """Run (or resume) every cycle; returns one dict of metrics per cycle. A finished run given more
         `cycles` continues from its last cycle's selection. In a data-parallel run (todal/distributed.py)
         every rank runs this; rank 0 writes, and all wait for it after every stage."""
+        distributed.check_shared(self.workdir)
         distributed.barrier()
         pool = self._start()
         distributed.barrier()
@@ -571,7 +533,7 @@ class ActiveLoop:
             if stage not in (*STAGES, "done"):
                 raise TodalError(f"{self._path('progress.json')} names an unknown stage {stage!r}; restore the file or "
                                  "delete the run directory to start over.")
-            if stage == "done" and prog["cycle"] < self.config.cycles - 1:
+            if stage == "done" and prog["cycle"] < self.cycles - 1:
                 last = next(r for r in self.records() if r["cycle"] == prog["cycle"])
                 write_json(self._path("progress.json"), {"cycle": prog["cycle"], "stage": "select", "pending": last})
                 distributed.barrier()
@@ -588,87 +550,61 @@ class ActiveLoop:
         prog = {**prog, "stage": stage, "pending": {**prog["pending"], **pending}}
         write_json(self._path("progress.json"), prog)
 
+    def given(self, pool: Pool) -> PoolLabels:
+        """The training set with the labels the oracle gave (the only labels training and selection read):
+        class labels from the pool; masks from the oracle, which the pool does not keep."""
+        return PoolLabels(self.train_set, self.oracle.label if pool.dense else pool.labels)
+
     def _train(self, pool: Pool, prog: dict) -> None:
-        c, seed = prog["cycle"], self.config.seed
+        c, engine = prog["cycle"], self.engine
         start = self._load("init.pt" if c == 0 else f"cycle_{c - 1}.pt")
         if c > 0:
             start["strategy"] = self._load(f"strategy_{c - 1}.pt")
-        model, ema = self._restore(start)
-        if self.config.reinit and c > 0:
-            model.load_state_dict(self._new_model("reinit", c).state_dict())
-        unsup = None
-        if self.config.semi_supervised:
-            # CyclicOD (Fig. 10): the target is the model as the last cycle left it (none in cycle 0)
-            previous = self._model_with(start["model"]).requires_grad_(False) if c > 0 else None
-            unsup = self.flavor.consistency_objective(ema.model if ema is not None else None, previous)
-        with seeded(seed, "train", c):
-            stats = fit(model, self.task, self.given(pool), pool.labeled, cfg=self.train_cfg,
-                        generator=generator(seed, "train", c), unlabeled=pool.unlabeled if unsup else None,
-                        ema=ema, consistency=unsup,
-                        objectives=self.strategy.objectives(), device=self.device, transform=self._augmentation(),
-                        progress=f"cycle {c} train" if self.progress else None)
-        torch_save(self._ckpt(f"cycle_{c}.pt"), {"model": model.state_dict(),
-                                                 "ema": ema.state_dict() if ema else None,
-                                                 "strategy": self.strategy.state_dict()})
-        if not self.keep_checkpoints:
+        model, ema = engine.restore(start)
+        if self.reinit and c > 0:
+            model.load_state_dict(engine.new_model("reinit", c).state_dict())
+        stats = engine.train(model, ema, self.given(pool), pool.labeled, pool.unlabeled, n=c,
+                             previous=start["model"] if c > 0 else None)
+        self.checkpoints.save(f"cycle_{c}.pt", engine.state(model, ema))
+        if not self.keep_checkpoints and distributed.is_main():
             for old in (f"cycle_{c - 2}.pt", f"strategy_{c - 2}.pt"):  # COD needs one cycle back, no more
-                if distributed.is_main():
-                    self._ckpt(old).unlink(missing_ok=True)
+                self.checkpoints.remove(old)
         self._advance(prog, "evaluate", train_loss=stats["loss"], train_steps=stats["steps"],
                       train_time_s=round(stats["time_s"], 4),
                       train_epoch_losses=[round(v, 5) for v in stats["epoch_losses"]])
 
     def _evaluate(self, pool: Pool, prog: dict) -> None:
         c = prog["cycle"]
-        model, _ = self._restore(self._load(f"cycle_{c}.pt"))
-        m = evaluate(model, self.task, self.test_set, batch_size=self.config.eval_batch_size, device=self.device)
+        model, _ = self.engine.restore(self._load(f"cycle_{c}.pt"))
+        m = self.engine.evaluate(model, self.test_set)
         n = len(pool)
         pending = {"cycle": c, "labeled": n, "labeled_fraction": n / pool.size, **m}
-        if c == self.config.cycles - 1:
+        if c == self.cycles - 1:
             self._finish(prog, {**prog["pending"], **pending})
             write_json(self._path("progress.json"), {"cycle": c, "stage": "done", "pending": {}})
         else:
             self._advance(prog, "select", **pending)
 
-    def given(self, pool: Pool) -> PoolLabels:
-        """The training set with the labels the oracle gave (the only labels training and selection read):
-        class labels from the pool; masks from the oracle, which the pool does not keep."""
-        return PoolLabels(self.train_set, self.oracle.label if pool.dense else pool.labels)
-
-    def _context(self, pool: Pool, model: nn.Module, ema: EMA | None, c: int) -> Context:
-        seed = self.config.seed
-        unlabeled = pool.unlabeled
-        candidates = unlabeled
-        k = self.flavor.score_subset
-        if k is not None and k < len(unlabeled):
-            pick = torch.randperm(len(unlabeled), generator=generator(seed, "subset", c))[:k]
-            candidates = unlabeled[pick.sort().values]
-
-        def previous() -> nn.Module:
+    def _previous(self, c: int) -> Callable[[], nn.Module]:
+        """COD's reference for cycle c: the previous cycle's model, in cycle 0 the flavor's initial reference."""
+        def build() -> nn.Module:
             if c > 0:
-                state = self._load(f"cycle_{c - 1}.pt")["model"]
-            else:
-                init = self._load("init.pt")
-                state = init["reference"] if init.get("reference") is not None else init["model"]
-            return self._model_with(state)
+                return self.engine.model_with(self._load(f"cycle_{c - 1}.pt")["model"])
+            init = self._load("init.pt")
+            return self.engine.model_with(init["reference"] if init.get("reference") is not None else init["model"])
 
-        labeled = pool.labeled
-        labels = LabelMaps(self.given(pool), labeled) if pool.dense else pool.labels[labeled]
-        return Context(model=model, task=self.task, dataset=self.train_set, labeled=labeled,
-                       unlabeled=unlabeled, labels=labels, generator=generator(seed, "select", c),
-                       cycle=c, device=self.device, batch_size=self.config.eval_batch_size,
-                       ema_model=ema.model if ema else None, flavor=self.flavor, candidates=candidates,
-                       previous=previous, workdir=self.workdir, progress=self.progress)
+        return build
 
     def _select(self, pool: Pool, prog: dict) -> None:
-        c = prog["cycle"]
-        model, ema = self._restore(self._load(f"cycle_{c}.pt"))
-        ctx = self._context(pool, model, ema, c)
+        c, engine = prog["cycle"], self.engine
+        model, ema = engine.restore(self._load(f"cycle_{c}.pt"))
+        labeled = pool.labeled
+        labels = LabelMaps(self.given(pool), labeled) if pool.dense else pool.labels[labeled]
         t0 = time.perf_counter()
-        with seeded(self.config.seed, "select", c):
-            chosen = self.strategy.select(ctx, self.config.budget)
+        chosen = engine.select(model, ema, self.train_set, labeled=labeled, labels=labels, unlabeled=pool.unlabeled,
+                               budget=self.budget, cycle=c, n=c, previous=self._previous(c)).indices
         dt = time.perf_counter() - t0
-        torch_save(self._ckpt(f"strategy_{c}.pt"), self.strategy.state_dict())
+        self.checkpoints.save(f"strategy_{c}.pt", engine.strategy.state_dict())
         self._advance({**prog, "selected": chosen.tolist()}, "reveal", select_time_s=round(dt, 4))
 
     def _reveal(self, pool: Pool, prog: dict) -> bool:
@@ -693,7 +629,7 @@ class ActiveLoop:
                 return False
             pool.add(indices, labels, cycle=cycle)
             return True
-        for part in chunks(indices, self.config.eval_batch_size):
+        for part in chunks(indices, self.engine.batch_size):
             maps = self.oracle.label(part)
             if maps is None:
                 return False

@@ -15,15 +15,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import check_choice
+from .flavor import flavor_for
 
-def tod_consistency(student_out: Tensor, teacher_out: Tensor, reduction: str = "sum") -> Tensor:
-    """Eq. 7: mean over samples of ||f(x; w) - f(x; w~)||², the teacher held fixed.
+DEFAULT = flavor_for("default")  # the choices every default below follows (todal/flavor.py says why)
+
+
+def tod_consistency(student_out: Tensor, teacher_out: Tensor, reduction: str = DEFAULT.consistency_reduction
+                    ) -> Tensor:
+    """Eq. 7: mean over samples of ||f(x; w) - f(x; w~)||², the teacher held fixed, over the C outputs
+    averaged (`reduction="mean"`, the default flavor's and the authors' `F.mse_loss`) or summed ("sum", the
+    squared norm as printed: C times the mean, so the same λ weighs it C times more).
 
     `[N, C]` -> scalar. Dense outputs `[N, C, *S]`: over the class axis, then the mean over samples
     and pixels (so λ keeps its meaning whatever the resolution).
-    reduction: "sum" over the C outputs (Eq. 7 as printed: the squared norm), or "mean" over them
-    (the authors' code, `F.mse_loss`: 1/C of the printed form, so the same λ weighs it C times less).
     """
+    check_choice("reduction", "tod_consistency", reduction, ("mean", "sum"))
     sq = (student_out - teacher_out.detach()).pow(2)
     return (sq.sum(dim=1) if reduction == "sum" else sq.mean(dim=1)).mean()
 
@@ -65,7 +72,8 @@ class Consistency(Objective):
     settings and return fp32 outputs; the teacher's run without gradients.
     """
 
-    def __init__(self, teacher: nn.Module, lam: float, *, teacher_train_mode: bool = False):
+    def __init__(self, teacher: nn.Module, lam: float = DEFAULT.lam, *,
+                 teacher_train_mode: bool = DEFAULT.teacher_train_mode):
         self.teacher, self.lam, self.teacher_train_mode = teacher, float(lam), bool(teacher_train_mode)
 
     def check(self, model: nn.Module) -> None:
@@ -84,12 +92,13 @@ class Consistency(Objective):
 
 
 class Eq7Consistency(Consistency):
-    """Eq. 7 on the unlabeled batch: ||f(x; w) - f(x; w~)||² (summed over the C outputs, as printed, or
-    averaged, as the authors' code), the teacher held fixed."""
+    """Eq. 7 on the unlabeled batch: ||f(x; w) - f(x; w~)||² (averaged over the C outputs by default, as the
+    authors' code; "sum" as printed), the teacher held fixed; defaults: the default flavor's."""
 
-    def __init__(self, teacher: nn.Module, lam: float, *, reduction: str = "sum", teacher_train_mode: bool = False):
+    def __init__(self, teacher: nn.Module, lam: float = DEFAULT.lam, *, reduction: str = DEFAULT.consistency_reduction,
+                 teacher_train_mode: bool = DEFAULT.teacher_train_mode):
         super().__init__(teacher, lam, teacher_train_mode=teacher_train_mode)
-        self.reduction = reduction
+        self.reduction = check_choice("reduction", "Eq7Consistency", reduction, ("mean", "sum"))
 
     def unlabeled_loss(self, student, heads, teacher, x, state, xu):
         return self.lam * tod_consistency(student(xu), teacher(xu), self.reduction)

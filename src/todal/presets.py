@@ -15,6 +15,9 @@ import copy
 
 PAPER = {"model": "resnet18", "model_options": {}, "train": {}}
 
+# A labeling project's steps (`todal init`; `--epochs` and the other training flags override them).
+PROJECT_TRAIN = {"epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "lr_drop_at": 0.8}
+
 PRESETS = {
     # The embedded demo: sklearn digits (1,257 training images of 8x8), minutes on 2 cores.
     "digits": {"model": "small_cnn", "model_options": {}, "train": {"epochs": 20, "batch_size": 32, "lr": 0.05}},

@@ -1,19 +1,20 @@
 """fit(): one training loop for supervised and semi-supervised runs (Eq. 8 and Eq. 9).
 
-Each step draws a labeled batch and, when a teacher is given, an unlabeled batch:
+Each step draws a labeled batch and, when a consistency objective is given, an unlabeled batch:
 
-    L = CE(f(x_l; w), y) + λ · mean_u ||f(x_u; w) - f(x_u; w~)||²            (Eq. 9, "eq7")
+    L = CE(f(x_l; w), y) + λ · mean_u ||f(x_u; w) - f(x_u; w~)||²            (Eq. 9)
 
-the teacher w~ runs without gradients and moves toward w after every optimizer step (Eq. 6).
+the teacher w~ runs without gradients and moves toward w after every optimizer step (Eq. 6). The step is
+written once, in `fit`; how the model runs (device, precision, data parallelism) is `_Forward`, how batches
+are read and augmented is `_Batches`, and the consistency term is an `Objective` the step calls.
 """
 
 from __future__ import annotations
 
 import contextlib
-
 import time
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -21,44 +22,37 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .ema import EMA
-from .errors import Bool, Choice, Int, Real, TodalError, check_choice, param_error, validate
+from .errors import Bool, Choice, Int, Real, TodalError, check_choice, param_error
 from .inference import Transform, fetch, fetch_inputs, is_lazy, on_device, read, train_transform
-from .objectives import Consistency, Eq7Consistency, Objective, OfficialConsistency
+from .objectives import Consistency, Objective, OfficialConsistency
+from .settings import check, setting, to_dict
 from .tasks import Task
-
-# the string shortcuts of fit(consistency=...)
-CONSISTENCIES = {"eq7": Eq7Consistency, "official": OfficialConsistency}
-
-
-_TRAIN_RULES = {
-    "epochs": Int(lo=1), "batch_size": Int(lo=1), "lr": Real(lo=0, lo_open=True), "momentum": Real(lo=0),
-    "weight_decay": Real(lo=0), "optimizer": Choice(("sgd", "adam")), "lr_drop_at": Real(lo=0, hi=1, lo_open=True),
-    "lr_drop": Real(lo=0), "unlabeled_batch_size": Int(lo=1, optional=True),
-    "precision": Choice(("auto", "fp32", "bf16")), "compile": Bool(), "sync_bn": Bool(),
-    "channels_last": Bool(optional=True, expected="None (on CUDA), true or false"),
-}
 
 
 @dataclass
 class TrainConfig:
-    """One cycle's training. Defaults: the paper's appendix B (ResNet-18 on CIFAR)."""
+    """Training settings of one cycle. Defaults: the paper's appendix B (ResNet-18 on CIFAR)."""
 
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    optimizer: str = "sgd"
-    lr_drop_at: float = 0.8  # fraction of the epochs after which lr is multiplied by lr_drop
-    lr_drop: float = 0.1
-    unlabeled_batch_size: int | None = None  # default: batch_size
-    precision: str = "auto"  # "auto": bf16 autocast on a CUDA device that has it, fp32 elsewhere; "fp32"; "bf16"
-    channels_last: bool | None = None  # None: on CUDA for image batches [B, C, H, W]
-    compile: bool = False  # torch.compile the model's forward for training
-    sync_bn: bool = False  # data-parallel runs: BatchNorm statistics over the whole batch, not each rank's slice
+    epochs: int = setting(200, Int(lo=1), "training epochs per cycle")
+    batch_size: int = setting(128, Int(lo=1), "labeled samples per step")
+    lr: float = setting(0.1, Real(lo=0, lo_open=True), "learning rate")
+    momentum: float = setting(0.9, Real(lo=0), "SGD momentum")
+    weight_decay: float = setting(5e-4, Real(lo=0), "weight decay")
+    optimizer: str = setting("sgd", Choice(("sgd", "adam")), "sgd or adam")
+    lr_drop_at: float = setting(0.8, Real(lo=0, hi=1, lo_open=True),
+                                "fraction of the epochs after which the learning rate drops")
+    lr_drop: float = setting(0.1, Real(lo=0), "factor of the learning-rate drop")
+    unlabeled_batch_size: int | None = setting(None, Int(lo=1, optional=True),
+                                               "unlabeled samples per step of the TOD loss (None: batch_size)")
+    precision: str = setting("auto", Choice(("auto", "fp32", "bf16")),
+                             "auto: bf16 autocast on a CUDA device that has it, fp32 elsewhere")
+    channels_last: bool | None = setting(None, Bool(optional=True, expected="None (on CUDA), true or false"),
+                                         "channels-last memory format (None: on CUDA for image batches)")
+    compile: bool = setting(False, Bool(), "torch.compile the model's forward for training")
+    sync_bn: bool = setting(False, Bool(), "data-parallel runs: BatchNorm statistics over the whole batch (GPUs)")
 
     def __post_init__(self):
-        vars(self).update(validate("TrainConfig", _TRAIN_RULES, **{k: getattr(self, k) for k in _TRAIN_RULES}))
+        check(self)
 
     def autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         """bf16 when asked for, or by default on a CUDA device that supports it; None: fp32."""
@@ -72,7 +66,7 @@ class TrainConfig:
         return device.type == "cuda" if self.channels_last is None else self.channels_last
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return to_dict(self)
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -113,184 +107,214 @@ class _Cycler:
         return out
 
 
+class _Forward:
+    """The model as training runs it: on the device, under autocast, channels-last, wrapped in
+    DistributedDataParallel and compiled when asked. Outputs come back as fp32."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, *, two_heads: bool):
+        self.model, self.device = model.to(device).train(), device
+        self.amp = cfg.autocast_dtype(device)
+        self.channels_last = cfg.use_channels_last(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.ddp = distributed.active()
+        self.two_heads = self.ddp and two_heads
+        forward = model
+        if self.ddp:
+            if cfg.sync_bn:
+                if device.type != "cuda":
+                    raise TodalError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it "
+                                     "on CPU, or use a model without batch statistics (small_cnn norm='group').")
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # The two-head consistency runs the student through `heads`: DDP then wraps that, so its gradients
+            # are averaged like any forward's (a call to model.heads beside DDP would bypass it).
+            forward = nn.parallel.DistributedDataParallel(_Heads(model) if two_heads else model,
+                                                          device_ids=[device.index] if device.type == "cuda" else None)
+        self.forward = torch.compile(forward) if cfg.compile else forward
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp is not None else contextlib.nullcontext()
+
+    def shard(self, t: Tensor) -> Tensor:
+        """This rank's slice of a batch every rank read whole (data-parallel runs)."""
+        return distributed.shard(t) if self.ddp else t
+
+    def place(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def student(self, x: Tensor) -> Tensor:
+        with self.autocast():
+            return (self.forward(x)[0] if self.two_heads else self.forward(x)).float()
+
+    def heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        with self.autocast():
+            a, b = self.forward(x) if self.two_heads else self.model.heads(x)
+        return a.float(), b.float()
+
+    def of(self, teacher: nn.Module) -> Callable[[Tensor], Tensor]:
+        """A fixed model's outputs (the teacher's), without gradients, under the same precision."""
+        def run(x: Tensor) -> Tensor:
+            with torch.no_grad(), self.autocast():
+                return teacher(x).float()
+
+        return run
+
+
+class _Batches:
+    """An epoch's batches: the labeled ones in a seeded order, each with the unlabeled batch of its step.
+
+    Every rank reads and augments whole batches (a one-process run's random draws) and keeps its slice. A
+    dataset read a sample at a time has its batches read ahead by worker processes (`read`): its unlabeled
+    batches are then drawn at the start of the epoch; results do not depend on the number of workers."""
+
+    def __init__(self, dataset, labeled: Tensor, unlabeled: Tensor | None, cfg: TrainConfig, generator: torch.Generator,
+                 device: torch.device):
+        self.lazy = is_lazy(dataset)
+        self.dataset = dataset if self.lazy else on_device(dataset, device)  # on a GPU: inputs moved there once
+        self.labeled, self.batch_size, self.generator = labeled, cfg.batch_size, generator
+        self.unlabeled = None if unlabeled is None else _Cycler(unlabeled, cfg.unlabeled_batch_size or cfg.batch_size,
+                                                                 generator)
+        self.steps = -(-len(labeled) // cfg.batch_size)
+
+    def _widen(self, idx: Tensor) -> Tensor:
+        return _at_least(idx, distributed.world_size()) if distributed.active() else idx
+
+    def epoch(self) -> Iterator[tuple[Tensor, Tensor, Callable[[], Tensor] | None]]:
+        """`(x, y, next_unlabeled)` per step: the labeled batch, and a call reading the step's unlabeled inputs."""
+        order = self.labeled[torch.randperm(len(self.labeled), generator=self.generator)]
+        batches = [self._widen(order[b * self.batch_size : (b + 1) * self.batch_size]) for b in range(self.steps)]
+        unl = self.unlabeled
+        if self.lazy:
+            labeled_reads = read(self.dataset, batches)
+            reads = read(self.dataset, [self._widen(unl.next()) for _ in batches], inputs_only=True) if unl else None
+            next_unlabeled = (lambda: next(reads)) if reads is not None else None
+        else:
+            labeled_reads = (fetch(self.dataset, idx) for idx in batches)
+            next_unlabeled = (lambda: fetch_inputs(self.dataset, self._widen(unl.next()))) if unl else None
+        for _ in range(self.steps):
+            x, y = next(labeled_reads)
+            yield x, y, next_unlabeled
+
+
+def _augmenters(dataset, transform: Transform | None, generator: torch.Generator):
+    """`(pair(x, y), inputs(x))`: the training augmentation of a labeled batch and of an unlabeled one.
+
+    Without a `transform`, a dataset with `train_pair_transform(x, y, generator)` (segmentation) crops and
+    flips image and mask together; an unlabeled image goes through it with an all-zero stand-in mask (a
+    broadcast view, no copy). Else `transform(x, generator)` (default `train_transform(dataset)`), labels kept.
+    """
+    pair = getattr(dataset, "train_pair_transform", None) if transform is None else None
+    if pair is not None:
+        def inputs(x: Tensor) -> Tensor:
+            return pair(x, torch.zeros((), dtype=torch.long).expand(len(x), *x.shape[2:]), generator)[0]
+
+        return (lambda x, y: pair(x, y, generator)), inputs
+    transform = transform or train_transform(dataset)
+
+    def inputs(x: Tensor) -> Tensor:
+        return transform(x, generator)  # all randomness from one generator
+
+    return (lambda x, y: (inputs(x), y)), inputs
+
+
+def consistency_for(consistency: Consistency | str | None, ema: EMA | None, unlabeled: Tensor | None
+                    ) -> Consistency | None:
+    """The consistency objective `fit` trains with: a `Consistency`, or a flavor's name ("default", "paper",
+    "official": that flavor's TOD loss against the EMA teacher), or None; checked against what it needs."""
+    unsup = consistency
+    if isinstance(consistency, str):
+        from .flavor import FLAVORS, flavor_for
+
+        check_choice("consistency", "fit", consistency, FLAVORS,
+                     "Name a flavor for its TOD loss against ema=, or pass a todal.objectives.Consistency.")
+        if ema is None:
+            raise param_error("consistency", "fit", "used with ema= (the EMA teacher) and unlabeled=", consistency,
+                              "Pass ema=todal.EMA(model) and unlabeled=, or consistency=None.")
+        unsup = flavor_for(consistency).consistency_objective(ema.model)
+    elif consistency is not None and not isinstance(consistency, Consistency):
+        raise param_error("consistency", "fit", "a todal.objectives.Consistency, a flavor name or None",
+                          type(consistency).__name__)
+    if unsup is not None and (unlabeled is None or len(unlabeled) == 0):
+        raise param_error("consistency", "fit", "used with a non-empty unlabeled set", type(unsup).__name__,
+                          "Pass unlabeled=, or consistency=None.")
+    return unsup
+
+
 def fit(
     model: nn.Module,
     task: Task,
     dataset,
     labeled: Tensor,
     *,
-    cfg: TrainConfig,
+    cfg: TrainConfig | None = None,
     generator: torch.Generator,
     unlabeled: Tensor | None = None,
     ema: EMA | None = None,
     consistency: Consistency | str | None = None,
-    teacher: nn.Module | None = None,
-    lam: float = 0.05,
-    consistency_reduction: str = "sum",
-    teacher_train_mode: bool = False,
     objectives: Sequence[Objective] = (),
     transform: Transform | None = None,
     device: torch.device | str | None = None,
     progress: str | None = None,
 ) -> dict:
-    """Train `model` on `labeled` for `cfg.epochs` epochs; returns `{"loss", "steps", "time_s", "epoch_losses"}`
-    (`loss`: the last epoch's mean; `epoch_losses`: every epoch's, to see whether training has plateaued).
+    """Train `model` on `labeled` for `cfg.epochs` epochs (Eq. 8, or Eq. 9 with a consistency objective);
+    returns `{"loss", "steps", "time_s", "epoch_losses"}` (`loss`: the last epoch's mean).
 
-    transform: the training augmentation of the inputs (default: `train_transform(dataset)`). When
-        it is not given and the dataset has `train_pair_transform(x, y, generator)` (segmentation
-        data), that transform is used instead: on a labeled batch, image and mask together; on an
-        unlabeled batch, the image only.
-
-    consistency: None (task loss only; the EMA, if given, still follows the model), a `Consistency`
-        objective (`Eq7Consistency`, `OfficialConsistency`, or your own), or the shortcuts "eq7" and
-        "official", built here from `teacher`/`ema`, `lam`, `consistency_reduction` and `teacher_train_mode`;
-        all need `unlabeled`.
-    consistency_reduction: Eq. 7 summed ("sum", as printed) or averaged ("mean", the code) over the outputs.
-    teacher: a fixed consistency target (the previous cycle's model: the CyclicOD loss of Fig. 10);
-        default `ema.model`, the EMA teacher. The EMA, if given, still follows the model.
+    consistency: None (task loss only; an `ema`, if given, still follows the model), a `Consistency` objective
+        (`Eq7Consistency(teacher)`, `OfficialConsistency(teacher)`, or your own), or a flavor's name:
+        "default" is the TOD loss `ActiveLoop` trains with by default (`todal.flavor`), against `ema.model`.
+    transform: the training augmentation of the inputs (default: `train_transform(dataset)`; a dataset with
+        `train_pair_transform(x, y, generator)` augments image and mask together when it is not given).
     """
     device = torch.device(device or "cpu")
+    cfg = cfg or TrainConfig()
     labeled = torch.as_tensor(labeled, dtype=torch.long)
     if len(labeled) == 0:
         raise param_error("labeled", "fit", "a non-empty set of indices", "[]")
-    unsup: Consistency | None = None
-    if isinstance(consistency, Consistency):
-        unsup = consistency
-    elif consistency is not None:
-        check_choice("consistency", "fit", consistency, tuple(CONSISTENCIES))
-        check_choice("consistency_reduction", "fit", consistency_reduction, ("sum", "mean"))
-        if ema is None and teacher is None:
-            raise param_error("consistency", "fit", "used with a teacher (ema= or teacher=) and a non-empty "
-                              "unlabeled set", consistency, "Pass ema= and unlabeled=, or consistency=None.")
-        kwargs = {"reduction": consistency_reduction} if consistency == "eq7" else {}
-        unsup = CONSISTENCIES[consistency](teacher if teacher is not None else ema.model, lam,
-                                          teacher_train_mode=teacher_train_mode, **kwargs)
+    unsup = consistency_for(consistency, ema, unlabeled)
     if unsup is not None:
-        if unlabeled is None or len(unlabeled) == 0:
-            raise param_error("consistency", "fit", "used with a teacher (ema= or teacher=) and a non-empty "
-                              "unlabeled set", type(unsup).__name__, "Pass ema= and unlabeled=, or consistency=None.")
         unsup.check(model)
-    pair = getattr(dataset, "train_pair_transform", None) if transform is None else None
-    if pair is not None:
-        # Dense labels: the image and its mask are cropped and flipped together. An unlabeled image
-        # goes through the same transform with an all-zero stand-in mask (a broadcast view, no copy).
-        def augment_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-            return pair(x, y, generator)
-
-        def augment(x: Tensor) -> Tensor:
-            return pair(x, torch.zeros((), dtype=torch.long).expand(len(x), *x.shape[2:]), generator)[0]
-    else:
-        transform = transform or train_transform(dataset)
-
-        def augment(x: Tensor) -> Tensor:
-            return transform(x, generator)  # all randomness from one generator
-
-        def augment_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-            return augment(x), y
-
-    model.to(device).train()
-    amp = cfg.autocast_dtype(device)
-    channels_last = cfg.use_channels_last(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    ddp = distributed.active()
-    if ddp:
-        if cfg.sync_bn:
-            if device.type != "cuda":
-                raise TodalError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm runs on GPUs only); drop it on "
-                                 "CPU, or use a model without batch statistics (small_cnn norm='group').")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        # The two-head consistency runs the student through `heads`: DDP then wraps that, so its gradients
-        # are averaged like any forward's (a call to model.heads beside DDP would bypass it).
-        two_heads = isinstance(unsup, OfficialConsistency)
-        forward = nn.parallel.DistributedDataParallel(_Heads(model) if two_heads else model,
-                                                      device_ids=[device.index] if device.type == "cuda" else None)
-    else:
-        forward, two_heads = model, False
-    if cfg.compile:
-        forward = torch.compile(forward)
+    pair, inputs = _augmenters(dataset, transform, generator)
+    run = _Forward(model, cfg, device, two_heads=isinstance(unsup, OfficialConsistency))
     extra_params = [p for obj in objectives for p in obj.parameters()]  # outside DDP: averaged by hand
-
-    def place(x: Tensor) -> Tensor:
-        x = x.to(device, non_blocking=True)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-
     for obj in objectives:
         obj.attach(model)
         obj.train(True)
-    params = list(model.parameters()) + [p for obj in objectives for p in obj.parameters()]
-    opt = make_optimizer(params, cfg)
-    drop_epoch = int(round(cfg.lr_drop_at * cfg.epochs))
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[drop_epoch], gamma=cfg.lr_drop)
-    steps_per_epoch = -(-len(labeled) // cfg.batch_size)
-    unl = _Cycler(unlabeled, cfg.unlabeled_batch_size or cfg.batch_size, generator) if unsup else None
+    opt = make_optimizer(list(model.parameters()) + [p for obj in objectives for p in obj.parameters()], cfg)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(round(cfg.lr_drop_at * cfg.epochs))],
+                                                 gamma=cfg.lr_drop)
+    data = _Batches(dataset, labeled, unlabeled if unsup is not None else None, cfg, generator, device)
+    teacher = None
     if unsup is not None:
         unsup.teacher.to(device)
-
-    def student(x: Tensor) -> Tensor:
-        with autocast():
-            return (forward(x)[0] if two_heads else forward(x)).float()
-
-    def heads(x: Tensor) -> tuple[Tensor, Tensor]:
-        with autocast():
-            a, b = forward(x) if ddp and two_heads else model.heads(x)
-        return a.float(), b.float()
-
-    def teacher_out(x: Tensor) -> Tensor:
-        with torch.no_grad(), autocast():
-            return unsup.teacher(x).float()
-
-    def widen(idx: Tensor) -> Tensor:
-        return _at_least(idx, distributed.world_size()) if ddp else idx
-
-    # a dataset read a sample at a time: its batches are read ahead (by worker processes, `read`), so the
-    # epoch's unlabeled batches are drawn up front; the results do not depend on the number of workers
-    lazy = is_lazy(dataset)
-    if not lazy:
-        dataset = on_device(dataset, device)  # on a GPU: in-memory inputs moved there once
+        teacher = run.of(unsup.teacher)
 
     t0, steps, epoch_loss, epoch_losses = time.perf_counter(), 0, float("nan"), []
     bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")
     try:
         for epoch in bar:
-            order = labeled[torch.randperm(len(labeled), generator=generator)]
             total = torch.zeros((), device=device)  # summed on the device: no host sync per step
-            # data-parallel: every rank reads and augments the whole batch (a one-process run's random
-            # draws), then keeps its slice
-            batches = [widen(order[b * cfg.batch_size : (b + 1) * cfg.batch_size]) for b in range(steps_per_epoch)]
-            if lazy:  # read ahead by worker processes; the unlabeled batches of the epoch drawn up front
-                labeled_reads = read(dataset, batches)
-                unlabeled_reads = read(dataset, [widen(unl.next()) for _ in batches], inputs_only=True) if unsup else None
-            else:
-                labeled_reads, unlabeled_reads = (fetch(dataset, idx) for idx in batches), None
-            for b in range(steps_per_epoch):
-                x, y = augment_pair(*next(labeled_reads))
-                if ddp:
-                    x, y = distributed.shard(x), distributed.shard(y)
-                x, y = place(x), y.to(device, non_blocking=True)
+            for x, y, next_unlabeled in data.epoch():
+                x, y = pair(x, y)
+                x, y = run.place(run.shard(x)), run.shard(y).to(device, non_blocking=True)
                 if unsup is not None:
-                    out, state = unsup.labeled_forward(student, heads, x)
+                    out, state = unsup.labeled_forward(run.student, run.heads, x)
                 else:
-                    out = student(x)
+                    out = run.student(x)
                 loss = task.loss(out, y)  # Eq. 8
                 if objectives:
                     per_sample = task.per_sample_loss(out, y)
                     for obj in objectives:
-                        with autocast():  # hooked features may be bf16
+                        with run.autocast():  # hooked features may be bf16
                             extra = obj.loss(out=out, y=y, per_sample_loss=per_sample, epoch=epoch, epochs=cfg.epochs)
                         loss = loss + extra.float()
                 if unsup is not None:
-                    raw = next(unlabeled_reads) if unlabeled_reads is not None else fetch_inputs(dataset, widen(unl.next()))
-                    xu = augment(raw)
-                    xu = place(distributed.shard(xu) if ddp else xu)
+                    xu = run.place(run.shard(inputs(next_unlabeled())))
                     unsup.teacher.train(unsup.teacher_train_mode)
-                    loss = loss + unsup.unlabeled_loss(student, heads, teacher_out, x, state, xu)  # Eq. 9
+                    loss = loss + unsup.unlabeled_loss(run.student, run.heads, teacher, x, state, xu)  # Eq. 9
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if ddp and extra_params:
+                if run.ddp and extra_params:
                     distributed.average_gradients(extra_params)
                 opt.step()
                 if ema is not None:
@@ -298,7 +322,7 @@ def fit(
                 total += loss.detach()
                 steps += 1
             sched.step()
-            epoch_loss = distributed.mean(float(total) / steps_per_epoch)  # one host sync per epoch
+            epoch_loss = distributed.mean(float(total) / data.steps)  # one host sync per epoch
             epoch_losses.append(epoch_loss)
             bar.set_postfix(loss=f"{epoch_loss:.3f}")
     finally:
@@ -308,17 +332,19 @@ def fit(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, dataset, *, batch_size: int = 256,
+def evaluate(model: nn.Module, task: Task, dataset, *, indices: Tensor | None = None, batch_size: int = 256,
              transform: Transform | None = None, device: torch.device | str | None = None) -> dict:
-    """Test metrics in one pass: accuracy, mean loss, per-class accuracy (eval mode)."""
+    """Metrics in one pass over `indices` (default: the whole dataset): accuracy, mean loss, per-class accuracy
+    (for segmentation mIoU too), in eval mode."""
     from .inference import chunks, eval_mode, test_transform
 
     device = torch.device(device or "cpu")
     transform = transform or test_transform(dataset)
     conf = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
     loss_sum, count = 0.0, 0
+    indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
     with eval_mode(model):
-        for idx in chunks(torch.arange(len(dataset)), batch_size):
+        for idx in chunks(indices, batch_size):
             x, y = fetch(dataset, idx)
             out = model(transform(x).to(device)).float().cpu()
             loss_sum += float(task.per_sample_loss(out, y).sum())

@@ -14,7 +14,7 @@ from todal.errors import TodalError
 
 def test_paper_protocol_is_appendix_b():
     p = protocol("paper")
-    assert (p.model, p.epochs, p.lr, p.momentum, p.weight_decay, p.batch_size, p.lr_drop_at, p.lr_drop) == \
+    assert (p.model, p.train.epochs, p.train.lr, p.train.momentum, p.train.weight_decay, p.train.batch_size, p.train.lr_drop_at, p.train.lr_drop) == \
         ("resnet18", 200, 0.1, 0.9, 5e-4, 128, 0.8, 0.1)
     assert (p.initial, p.budget, p.cycles, p.trials, p.ema_decay) == (0.1, 0.05, 7, 3, 0.999)
     assert p.lam is None and p.for_dataset("cifar10").lam == 0.05  # the paper flavor's λ
@@ -23,7 +23,7 @@ def test_paper_protocol_is_appendix_b():
 
 def test_cpu_protocol_is_the_scaled_experiment_with_the_papers_cycles_and_trials():
     p = protocol("cpu")
-    assert (p.model, p.model_options, p.epochs, p.batch_size, p.lr) == ("small_cnn", {"width": 0.5}, 10, 64, 0.05)
+    assert (p.model, p.model_options, p.train.epochs, p.train.batch_size, p.train.lr) == ("small_cnn", {"width": 0.5}, 10, 64, 0.05)
     assert (p.initial, p.budget, p.cycles, p.trials, p.score_subset) == (500, 250, 7, 3, 10000)
     assert (p.ema_decay, p.lam) == (PAPER.ema_decay, PAPER.lam)
     assert protocol("cpu", ["score_subset=null"]).score_subset is None
@@ -32,9 +32,9 @@ def test_cpu_protocol_is_the_scaled_experiment_with_the_papers_cycles_and_trials
 def test_overrides_are_parsed_by_the_type_of_the_default():
     p = protocol("smoke", ["epochs=3", "lr=1", "initial=0.2", "grid_lams=[0.1,0.2]", "strategies=random,cod",
                            'model_options={"width": 1.0}', "augment=false", "analysis_pool=null"])
-    assert (p.epochs, p.lr, p.initial, p.grid_lams, p.strategies) == (3, 1.0, 0.2, (0.1, 0.2), ("random", "cod"))
+    assert (p.train.epochs, p.train.lr, p.initial, p.grid_lams, p.strategies) == (3, 1.0, 0.2, (0.1, 0.2), ("random", "cod"))
     assert (p.model_options, p.augment, p.analysis_pool) == ({"width": 1.0}, False, None)
-    assert isinstance(p.lr, float)
+    assert isinstance(p.train.lr, float)
 
 
 def test_differences_list_every_changed_value():
@@ -114,4 +114,4 @@ def test_pool_size_override_and_the_converged_protocol():
     with pytest.raises(TodalError, match="pool_size"):
         protocol("cpu", ["pool_size=0"])
     c = protocol("converged")
-    assert (c.pool_size, c.epochs, c.flavor, c.requires_gpu) == (6000, 40, "default", False)
+    assert (c.pool_size, c.train.epochs, c.flavor, c.requires_gpu) == (6000, 40, "default", False)

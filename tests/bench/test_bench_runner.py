@@ -108,7 +108,7 @@ def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
     r = json.loads((out / "results.json").read_text())
     assert r["methods"] == ["random", "entropy", "cod", "random+semi", "cod+semi", "emaod", "cod+cyclic"]
     assert any({c["a"], c["b"]} == {"cod+cyclic", "cod"} for c in r["paired"])
-    assert r["protocol"]["epochs"] == 1 and r["protocol"]["trials"] == 2
+    assert r["protocol"]["train"]["epochs"] == 1 and r["protocol"]["trials"] == 2
     assert r["environment"]["torch_version"] and len(r["environment"]["runs_ran"]) == 14
     le = r["loss_estimation"]
     assert le["run"] == "cod+semi" and len(le["mean"]) == 2
@@ -159,7 +159,7 @@ def test_make_loop_carries_the_scored_subset_and_the_cyclic_loss(tmp_path):
     assert not make_loop(paper, Method("cod"), 0, train, test, tmp_path).flavor.first_cycle_lowest
     low = protocol("smoke", TINY + ["flavor=paper", 'flavor_overrides={"first_cycle_lowest": true}'])
     assert make_loop(low, Method("cod"), 0, train, test, tmp_path).flavor.first_cycle_lowest
-    with pytest.raises(TodalError, match=r"unknown flavor_overrides \['lowest'\]; valid: measure, "):
+    with pytest.raises(TodalError, match=r"Unknown flavor choice .lowest.; valid: measure, "):
         make_loop(protocol("smoke", TINY + ['flavor_overrides={"lowest": true}']), Method("cod"), 0, train, test,
                   tmp_path)
 
@@ -204,10 +204,10 @@ def test_pool_size_gives_each_trial_its_own_pool_shared_by_every_method(tmp_path
 
 def test_converged_protocol_keeps_the_papers_proportions():
     p = protocol("converged")
-    assert (p.initial, p.budget, p.cycles, p.trials, p.lr_drop_at, p.score_subset) == (0.1, 0.05, 7, 3, 0.8, None)
+    assert (p.initial, p.budget, p.cycles, p.trials, p.train.lr_drop_at, p.score_subset) == (0.1, 0.05, 7, 3, 0.8, None)
     n = p.pool_size
     sizes = [round(p.initial * n) + c * round(p.budget * n) for c in range(p.cycles)]
-    steps = [p.epochs * -(-s // p.batch_size) for s in sizes]
+    steps = [p.train.epochs * -(-s // p.train.batch_size) for s in sizes]
     horizon = 1 / (1 - p.ema_decay)
     assert 0.08 < horizon / (sum(steps) / len(steps)) < 0.2  # the EMA spans about an eighth of a cycle
     labels = [m.label for m in plan(p)]

@@ -43,7 +43,7 @@ def tiny_scenes(monkeypatch):
 # --- protocols ------------------------------------------------------------------------------------
 def test_segmentation_paper_protocol_is_the_cityscapes_row_of_table_5():
     p = protocol("paper", task="segmentation")
-    assert (p.task, p.model, p.epochs, p.batch_size, p.lr, p.optimizer, p.weight_decay, p.lr_drop_at) == \
+    assert (p.task, p.model, p.train.epochs, p.train.batch_size, p.train.lr, p.train.optimizer, p.train.weight_decay, p.train.lr_drop_at) == \
         ("segmentation", "drn_d_22", 40, 4, 5e-4, "adam", 0.0, 1.0)
     assert (p.initial, p.budget, p.cycles, p.trials, p.ema_decay, p.for_dataset("cityscapes").lam, p.requires_gpu) == \
         (0.1, 0.05, 7, 3, 0.999, 0.05, True)
@@ -55,7 +55,7 @@ def test_segmentation_paper_protocol_is_the_cityscapes_row_of_table_5():
 
 def test_segmentation_cpu_protocol_is_the_scenes_preset_and_lists_its_differences():
     p = protocol("cpu", task="segmentation")
-    assert (p.model, p.model_options, p.epochs, p.batch_size, p.lr, p.optimizer, p.eval_batch_size) == \
+    assert (p.model, p.model_options, p.train.epochs, p.train.batch_size, p.train.lr, p.train.optimizer, p.eval_batch_size) == \
         ("seg_cnn", {"width": 0.5}, 10, 32, 1e-3, "adam", 256)
     assert p.dataset_options == {"size": 1000, "test_size": 500} and not p.requires_gpu
     assert p.strategy_options == {"qbc": {"scope": "all"}, "mc_dropout": {"passes": 10}}

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import todal.engine as engine
 import todal.project.core as core
 from projkit import CLASSES, answer_queue, write_images
 from todal.errors import TodalError
 from todal.flavor import flavor_for
+from todal.objectives import Eq7Consistency
 from todal.project.core import Project, wilson
 from todal.project.store import Store
 
@@ -130,13 +132,13 @@ def test_holdout_is_never_trained_on_and_comes_from_random_batches(tmp_path, mon
     project, _, truth = make(tmp_path)
     answer_queue(project, truth)
     seen = {}
-    real = core.fit
+    real = engine.fit
 
     def spy(model, task, data, labeled, **kw):
         seen["labeled"] = set(labeled.tolist())
         return real(model, task, data, labeled, **kw)
 
-    monkeypatch.setattr(core, "fit", spy)
+    monkeypatch.setattr(engine, "fit", spy)
     project.step(budget=20, strategy="cod")
     holdout = {i for i, *_, h in project.store.samples() if h}
     seed_batch = {s for st, s, _ in project.store._con().execute("SELECT step, sample, rank FROM queue WHERE step = 0")}
@@ -306,20 +308,23 @@ def test_cli_error_exits_without_a_traceback(tmp_path):
 
 
 def test_cod_scores_the_pool_with_one_pass_from_the_second_step_on(tmp_path, monkeypatch):
-    """The previous step's outputs are kept, so the previous model does not run again."""
+    """The previous step's outputs are kept, so the previous model is not built or run again."""
+    from todal.strategies.base import Context
+
     project, _, truth = make(tmp_path)
     answer_queue(project, truth)
-    project.step(budget=20, strategy="cod")
-    answer_queue(project, truth)
     runs = {"n": 0}
-    real = core.Project._model_with
+    real = Context.previous_model
 
-    def counting(self, weights):
-        model = real(self, weights)
-        model.register_forward_hook(lambda *a: runs.__setitem__("n", runs["n"] + 1))
-        return model
+    def counting(self):
+        runs["n"] += 1
+        return real.fget(self)
 
-    monkeypatch.setattr(core.Project, "_model_with", counting)
+    monkeypatch.setattr(Context, "previous_model", property(counting))
+    project.step(budget=20, strategy="cod")
+    assert runs["n"] > 0  # the first step compares with the initial model
+    answer_queue(project, truth)
+    runs["n"] = 0
     project.step(budget=20, strategy="cod")
     assert runs["n"] == 0  # previous outputs came from strategy_1.pt
 
@@ -373,6 +378,7 @@ def test_people_keep_labeling_while_a_step_runs(tmp_path, monkeypatch):
 
 KILL_SCRIPT = """
 import os, signal, sys
+import todal.engine as engine
 import todal.project.core as core
 from todal.project.store import Store
 
@@ -392,9 +398,9 @@ def before(obj, name):
     setattr(obj, name, lambda *a, **k: die())
 
 if point == "training":
-    after(core, "fit")                  # trained, nothing saved yet
+    after(engine, "fit")                # trained, nothing saved yet
 elif point == "checkpoint":
-    after(core, "torch_save")           # the checkpoint is on disk, the database does not know it
+    after(engine, "torch_save")         # the checkpoint is on disk, the database does not know it
 elif point == "trained":
     after(Store, "step_trained")        # the database knows the checkpoint
 elif point == "scoring":
@@ -433,14 +439,15 @@ def test_a_semi_supervised_step_trains_with_the_default_flavors_tod_loss(tmp_pat
     project, _, truth = make(tmp_path)
     answer_queue(project, truth)
     seen = {}
-    real = core.fit
+    real = engine.fit
 
     def spy(*a, **kw):
         seen.update(kw)
         return real(*a, **kw)
 
-    monkeypatch.setattr(core, "fit", spy)
-    project.step(budget=10, strategy="cod", semi=True, epochs=1)
-    default = flavor_for("default")
-    assert (seen["consistency"], seen["lam"], seen["consistency_reduction"], seen["teacher_train_mode"]) == (
-        "eq7", default.lam, default.consistency_reduction, default.teacher_train_mode)
+    monkeypatch.setattr(engine, "fit", spy)
+    project.step(budget=10, strategy="cod", semi=True, train={"epochs": 1})
+    default, unsup = flavor_for("default"), seen["consistency"]
+    assert isinstance(unsup, Eq7Consistency) and seen["unlabeled"] is not None
+    assert (unsup.lam, unsup.reduction, unsup.teacher_train_mode) == (
+        default.lam, default.consistency_reduction, default.teacher_train_mode)

@@ -302,7 +302,7 @@ def make(workdir):
 
 def watch_fit(monkeypatch) -> tuple[list, list]:
     """The loss module's weights as each cycle's training starts (None: no module yet) and ends."""
-    starts, ends, real = [], [], todal.loop.fit
+    starts, ends, real = [], [], todal.engine.fit
 
     def weights(obj):
         return None if obj.net is None else {k: v.clone() for k, v in obj.net.state_dict().items()}
@@ -313,7 +313,7 @@ def watch_fit(monkeypatch) -> tuple[list, list]:
         ends.append(weights(objectives[0]))
         return out
 
-    monkeypatch.setattr(todal.loop, "fit", watched)
+    monkeypatch.setattr(todal.engine, "fit", watched)
     return starts, ends
 
 

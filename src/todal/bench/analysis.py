@@ -19,7 +19,8 @@ from torch import Tensor
 from ..atomic import write_json
 from ..discrepancy import discrepancy, to_space
 from ..inference import fetch, predict
-from ..loop import ActiveLoop, derive_seed
+from ..engine import derive_seed
+from ..loop import ActiveLoop
 from ..pool import Pool
 from ..results import aubc
 from ..strategies import Context
@@ -219,7 +220,7 @@ def cached(path: Path, key: dict, compute) -> dict:
 def inference_pass_seconds(loop: ActiveLoop, n: int, repeats: int = 3) -> float:
     """Best-of-`repeats` seconds of one plain inference pass of the protocol's model over n samples (a freshly
     built one: the time does not depend on the weights, and a fresh clone has no checkpoints)."""
-    model = loop._new_model("timing")
+    model = loop.engine.new_model("timing")
     idx = torch.arange(min(n, len(loop.train_set)))
     sync = torch.cuda.synchronize if loop.device.type == "cuda" else (lambda: None)
     best = float("inf")

@@ -16,11 +16,13 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..ema import DEFAULT_DECAY
 from ..errors import TodalError, check_bool, check_choice, check_int, check_number, param_error
 from ..flavor import FLAVORS
+from ..settings import fields_of, parse_setting
 from ..train import TrainConfig
 
-_TRAIN_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_drop_at", "lr_drop", "optimizer")
+TRAIN_KEYS = tuple(f.name for f in fields_of(TrainConfig))  # `--set epochs=3` and the other training settings
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Protocol:
     augment: the dataset's crop + flip training augmentation (False: none).
     requires_gpu: refuse to run on a CPU (with an estimate of how long it would take).
     task: "classification" or "segmentation"; set by the protocol family, not by --set.
-    optimizer: "sgd" or "adam" (Adam ignores `momentum`).
+    train: the training settings (`TrainConfig`); `--set epochs=3` sets one of them.
     eval_batch_size: batch of evaluation and scoring (None: the loop's default for the dataset).
     dataset_options: keyword arguments of the dataset reader (e.g. the number of scenes of
         fashion-mnist-scenes: {"size": 2000, "test_size": 500}).
@@ -53,19 +55,12 @@ class Protocol:
     model: str
     task: str = "classification"
     model_options: dict = field(default_factory=dict)
-    # training: TrainConfig's fields (flat, so `--set epochs=3` works), its defaults, checked by its rules
-    epochs: int = TrainConfig.epochs
-    batch_size: int = TrainConfig.batch_size
-    lr: float = TrainConfig.lr
-    momentum: float = TrainConfig.momentum
-    weight_decay: float = TrainConfig.weight_decay
-    lr_drop_at: float = TrainConfig.lr_drop_at
-    lr_drop: float = TrainConfig.lr_drop
+    train: TrainConfig = field(default_factory=TrainConfig)
     initial: int | float = 0.1
     budget: int | float = 0.05
     cycles: int = 7
     trials: int = 3
-    ema_decay: float = 0.999
+    ema_decay: float = DEFAULT_DECAY
     lam: float | None = None  # None: the flavor's (paper 0.05; official per dataset)
     augment: bool = True
     flavor: str = "paper"
@@ -77,17 +72,15 @@ class Protocol:
     analysis_pool: int | None = None
     score_subset: int | None = None
     requires_gpu: bool = True
-    optimizer: str = TrainConfig.optimizer
     eval_batch_size: int | None = None
     dataset_options: dict = field(default_factory=dict)
     strategy_options: dict = field(default_factory=dict)
     flavor_overrides: dict = field(default_factory=dict)
     pool_size: int | None = None
 
-    def train_config(self) -> dict:
-        """The `TrainConfig` fields of this protocol, checked by TrainConfig."""
-        checked = TrainConfig(**{k: getattr(self, k) for k in _TRAIN_KEYS})
-        return {k: getattr(checked, k) for k in _TRAIN_KEYS}
+    def with_train(self, **changes) -> Protocol:
+        """This protocol with training settings changed (checked by TrainConfig)."""
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **changes))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -114,7 +107,7 @@ PAPER = Protocol(name="paper", model="resnet18", grid_lams=(0.01, 0.05, 0.1), gr
 # VAAL and TOD code bases score subsets too). benchmarks/fashion_mnist_core.py (issue 2) is the larger
 # 1,000 + 500, 12-epoch, whole-pool variant of the same experiment.
 CPU = dataclasses.replace(
-    PAPER, name="cpu", model="small_cnn", model_options={"width": 0.5}, epochs=10, batch_size=64, lr=0.05,
+    PAPER.with_train(epochs=10, batch_size=64, lr=0.05), name="cpu", model="small_cnn", model_options={"width": 0.5},
     initial=500, budget=250, strategies=("random", "entropy", "margin", "coreset", "badge", "ll4al", "cod"),
     grid_lams=(0.01, 0.05, 0.1), grid_alphas=(0.99, 0.999), analysis_pool=10000, score_subset=10000,
     requires_gpu=False, flavor="default")
@@ -130,14 +123,14 @@ CPU = dataclasses.replace(
 # is about an eighth of a cycle (~940 steps on average here; the paper: ~1,000 of ~8,000). The methods of
 # Table 1, the uncertainty and diversity baselines, EMAOD, and cod + TOD loss under all three flavors.
 CONVERGED = dataclasses.replace(
-    CPU, name="converged", epochs=40, pool_size=6000, initial=0.1, budget=0.05, score_subset=None,
+    CPU.with_train(epochs=40), name="converged", pool_size=6000, initial=0.1, budget=0.05, score_subset=None,
     analysis_pool=None, ema_decay=0.992, grid_lams=(), grid_alphas=(), fig9=False,
     strategies=("random", "entropy", "margin", "badge", "coreset", "qbc", "cod", "emaod", "cod+semi@paper",
                 "cod+semi@official"))
 
 # Seconds on `digits`: the same code paths at tiny sizes, for CI.
 SMOKE = dataclasses.replace(
-    PAPER, name="smoke", model="small_cnn", model_options={"width": 0.25}, epochs=3, batch_size=32, lr=0.05,
+    PAPER.with_train(epochs=3, batch_size=32, lr=0.05), name="smoke", model="small_cnn", model_options={"width": 0.25},
     initial=100, budget=50, cycles=3, trials=2, strategies=("random", "entropy", "cod"), grid_lams=(),
     grid_alphas=(), analysis_pool=400, requires_gpu=False, flavor="default")
 
@@ -151,8 +144,8 @@ SEG_STRATEGIES = ("random", "entropy", "coreset", "mc_dropout", "qbc", "vaal", "
 # evaluated whole, two at a time (`presets.PRESETS["cityscapes"]`). QBC's committee fine-tunes whole-network
 # copies (scope "all", which qbc also picks itself for dense outputs): a per-pixel head is not a last nn.Linear.
 SEG_PAPER = dataclasses.replace(
-    PAPER, task="segmentation", model="drn_d_22", epochs=40, batch_size=4, lr=5e-4, optimizer="adam",
-    weight_decay=0.0, lr_drop_at=1.0, strategies=SEG_STRATEGIES, grid_lams=(), grid_alphas=(), eval_batch_size=2,
+    PAPER.with_train(epochs=40, batch_size=4, lr=5e-4, optimizer="adam", weight_decay=0.0, lr_drop_at=1.0),
+    task="segmentation", model="drn_d_22", strategies=SEG_STRATEGIES, grid_lams=(), grid_alphas=(), eval_batch_size=2,
     strategy_options={"qbc": {"scope": "all"}})
 
 # fashion-mnist-scenes on 2 CPU cores: `presets.PRESETS["fashion-mnist-scenes"]` (seg_cnn at width 0.5,
@@ -164,13 +157,13 @@ SEG_PAPER = dataclasses.replace(
 # hence 10 passes here. The 36 runs (Fig. 8's methods, the Table 1 ablation, EMAOD and the CyclicOD loss,
 # 3 trials) take about 2 hours with two bench processes sharing one --out.
 SEG_CPU = dataclasses.replace(
-    SEG_PAPER, name="cpu", model="seg_cnn", model_options={"width": 0.5}, epochs=10, batch_size=32, lr=1e-3,
+    SEG_PAPER.with_train(epochs=10, batch_size=32, lr=1e-3), name="cpu", model="seg_cnn", model_options={"width": 0.5},
     eval_batch_size=256, dataset_options={"size": 1000, "test_size": 500}, analysis_pool=1000, requires_gpu=False,
     strategy_options={"qbc": {"scope": "all"}, "mc_dropout": {"passes": 10}}, flavor="default")
 
 # Minutes: 200 train and 50 test scenes, the same code paths.
 SEG_SMOKE = dataclasses.replace(
-    SEG_CPU, name="smoke", model_options={"width": 0.25}, epochs=2, batch_size=16, cycles=3, trials=2,
+    SEG_CPU.with_train(epochs=2, batch_size=16), name="smoke", model_options={"width": 0.25}, cycles=3, trials=2,
     strategies=("random", "entropy", "cod"), eval_batch_size=64, dataset_options={"size": 200, "test_size": 50},
     analysis_pool=100)
 
@@ -233,23 +226,32 @@ def protocol(name: str, overrides: dict[str, str] | list[str] | None = None,
                 raise TodalError(f"Protocol override {pair!r} is not KEY=VALUE; write e.g. --set epochs=3.")
             parsed[key.strip()] = value.strip()
         pairs = parsed
-    valid = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "task")]
-    changes = {}
+    owner = "bench protocol (--set)"
+    valid = [f.name for f in dataclasses.fields(Protocol) if f.name not in ("name", "task", "train")]
+    changes, train = {}, {}
     for key, text in pairs.items():
-        if key not in valid:
-            raise param_error(key, "bench protocol (--set)", "a protocol value (" + ", ".join(valid) + ")", text)
-        changes[key] = _coerce(key, text, getattr(base, key))
-    p = dataclasses.replace(base, **changes)
-    check_choice("flavor", "bench protocol (--set)", p.flavor, FLAVORS)
-    p.train_config()  # TrainConfig's rules
+        if key in TRAIN_KEYS:
+            train[key] = parse_setting(TrainConfig, key, text, owner)
+        elif key in valid:
+            changes[key] = _coerce(key, text, getattr(base, key))
+        else:
+            raise param_error(key, owner, "a protocol value (" + ", ".join(valid + list(TRAIN_KEYS)) + ")", text)
+    p = dataclasses.replace(base.with_train(**train), **changes)
+    check_choice("flavor", owner, p.flavor, FLAVORS)
     check_number("ema_decay", "bench protocol (--set)", p.ema_decay, lo=0, hi=1, hi_open=True)
     return p
+
+
+def flat(p: Protocol) -> dict:
+    """The protocol's values with its training settings among them (`epochs`, not `train.epochs`)."""
+    d = p.to_dict()
+    return {**{k: v for k, v in d.items() if k != "train"}, **d["train"]}
 
 
 def differences(p: Protocol, reference: Protocol | None = None) -> list[dict]:
     """Every value of `p` that differs from `reference` (default: the `paper` protocol of p's task), name excluded."""
     reference = reference or FAMILIES[p.task]["paper"]
-    a, b = p.for_dataset("").to_dict(), reference.for_dataset("").to_dict()  # λ None: the flavor's
+    a, b = flat(p.for_dataset("")), flat(reference.for_dataset(""))  # λ None: the flavor's
     return [{"key": k, "value": a[k], "paper": b[k]} for k in a if k != "name" and a[k] != b[k]]
 
 
@@ -260,7 +262,7 @@ def planned_steps(p: Protocol, train_size: int) -> int:
         return max(1, int(round(v * train_size))) if isinstance(v, float) else int(v)
 
     init, step = size(p.initial), size(p.budget)
-    return sum(p.epochs * -(-(init + c * step) // p.batch_size) for c in range(p.cycles))
+    return sum(p.train.epochs * -(-(init + c * step) // p.train.batch_size) for c in range(p.cycles))
 
 
 def measure_step_time(p: Protocol, in_channels: int, image_size: int | tuple[int, int], num_classes: int,
@@ -275,10 +277,10 @@ def measure_step_time(p: Protocol, in_channels: int, image_size: int | tuple[int
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = models.get(p.model, in_channels=in_channels, num_classes=num_classes, **p.model_options).to(device)
-        x = torch.randn(p.batch_size, in_channels, h, w, device=device)
-        shape = (p.batch_size, h, w) if p.task == "segmentation" else (p.batch_size,)
+        x = torch.randn(p.train.batch_size, in_channels, h, w, device=device)
+        shape = (p.train.batch_size, h, w) if p.task == "segmentation" else (p.train.batch_size,)
         y = torch.randint(num_classes, shape, device=device)
-    opt = make_optimizer(model.parameters(), TrainConfig(**p.train_config()))
+    opt = make_optimizer(model.parameters(), p.train)
     best = float("inf")
     for i in range(repeats + 1):  # the first step warms up (allocations, kernels)
         t0 = time.perf_counter()
@@ -315,12 +317,12 @@ def check_device(p: Protocol, device: torch.device, train_set, runs: int, semi_r
         return
     in_channels, image_size = train_input_shape(train_set)
     num_classes = int(getattr(train_set, "num_classes", 10))
-    big = p.batch_size * image_size[0] * image_size[1] > 2**20  # a DRN step on 688x688 crops: seconds each
+    big = p.train.batch_size * image_size[0] * image_size[1] > 2**20  # a DRN step on 688x688 crops: seconds each
     step = measure_step_time(p, in_channels, image_size, num_classes, device, repeats=1 if big else 2)
     secs = estimate_seconds(p, min(len(train_set), p.pool_size or len(train_set)), runs, semi_runs, step)
     alternative = "--protocol cpu --dataset fashion-mnist-scenes" if p.task == "segmentation" else "--protocol cpu"
     raise TodalError(
-        f"The {p.name!r} protocol needs a GPU: on this CPU one step of {p.model} at batch {p.batch_size} takes "
+        f"The {p.name!r} protocol needs a GPU: on this CPU one step of {p.model} at batch {p.train.batch_size} takes "
         f"{step:.3f} s, so training its {runs} runs ({semi_runs} semi-supervised) would take about "
         f"{secs / 3600:,.0f} hours ({secs / 86400:,.1f} days). Run it with --device cuda, use {alternative}, "
         "or pass --set requires_gpu=false to run it here anyway.")

@@ -25,6 +25,7 @@ from .. import distributed
 from ..errors import TodalError
 from ..flavor import FLAVORS
 from ..loop import ActiveLoop
+from ..models.source import ModelSource
 from .protocols import Protocol
 
 # Table 1 of the paper: the ablation entries and the runs that are them.
@@ -119,16 +120,15 @@ def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out:
     `flavor_overrides` change single flavor fields (a diagnostic's variant of a method). With a `pool_size`,
     the trial's pool is its own seeded random subset of `train_set` (the same for every method)."""
     own_flavor = method.flavor is not None and method.flavor != p.flavor
-    return ActiveLoop(p.model, trial_pool(p, train_set, trial), test_set, strategy=method.strategy,
-                      semi_supervised=method.semi,
-                      strategy_options=dict(p.strategy_options.get(method.strategy, {})),
-                      initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial,
-                      flavor=method.flavor or p.flavor,
-                      flavor_overrides={**p.flavor_overrides, **({"consistency": "cyclic"} if method.cyclic else {}),
-                                        **(flavor_overrides or {})} or None,
-                      score_subset=p.score_subset,
-                      train=p.train_config(), model_options=dict(p.model_options),
-                      lam=method.lam if method.lam is not None or own_flavor else p.lam,
+    lam = method.lam if method.lam is not None or own_flavor else p.lam
+    flavor = {"name": method.flavor or p.flavor, **p.flavor_overrides,
+              **({"consistency": "cyclic"} if method.cyclic else {}), **(flavor_overrides or {}),
+              **({"lam": float(lam)} if lam is not None else {}),
+              **({"score_subset": p.score_subset} if p.score_subset is not None else {})}
+    return ActiveLoop(ModelSource(p.model, dict(p.model_options)), trial_pool(p, train_set, trial), test_set,
+                      strategy=strategies.get(method.strategy, **p.strategy_options.get(method.strategy, {})),
+                      semi_supervised=method.semi, initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial,
+                      flavor=flavor, train=p.train,
                       ema_decay=p.ema_decay if method.ema_decay is None else method.ema_decay,
                       task=p.task, eval_batch_size=p.eval_batch_size,
                       workdir=run_dir(out, method, trial), device=device, progress=progress,

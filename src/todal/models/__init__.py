@@ -183,5 +183,6 @@ def dropout_active(model: nn.Module):
 
 from . import resnet, small_cnn  # noqa: E402,F401  (register the built-in models)
 
-__all__ = ["REGISTRY", "Classifier", "dropout_active", "embed", "get", "head_of", "names", "register", "with_dropout"]
+__all__ = ["REGISTRY", "ModelSource", "model_source", "Classifier", "dropout_active", "embed", "get", "head_of", "names", "register", "with_dropout"]
 from . import segmentation  # noqa: E402,F401  (register the segmentation models)
+from .source import ModelSource, model_source  # noqa: E402

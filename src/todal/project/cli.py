@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+from .. import settings
 from ..errors import TodalError
+from ..presets import PROJECT_TRAIN
+from ..train import TrainConfig
 
 
 def _option(pairs: list[str]) -> dict:
@@ -38,9 +41,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--task", choices=["classification", "segmentation"], default="classification")
     p.add_argument("--channels", choices=["auto", "1", "3"], default="auto",
                    help="1 (grayscale) or 3 (RGB); auto: grayscale when the files are")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per step (default 15)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    settings.add_flags(p, TrainConfig, defaults=PROJECT_TRAIN)
 
     p = sub.add_parser("annotate", help="the labeling web page for a project's queue")
     p.add_argument("project")
@@ -55,9 +58,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--semi", action="store_true", help="add the TOD consistency loss on the unlabeled images")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a strategy option, e.g. --option passes=10; repeatable")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of this step (default: the project's)")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    settings.add_flags(p, TrainConfig, defaults={f.name: "the project's" for f in settings.fields_of(TrainConfig)})
 
     p = sub.add_parser("status", help="labels, per-class counts, accuracy estimate and queue of a project")
     p.add_argument("project")
@@ -91,7 +94,7 @@ def cmd_init(args) -> None:
     project, report = Project.init(args.project, args.images, args.classes, labels=args.labels, model=args.model,
                                    model_options=opts, size=args.size, seed=args.seed, seed_batch=args.seed_batch,
                                    holdout=args.holdout, task=args.task, channels=args.channels,
-                                   train={"epochs": args.epochs} if args.epochs else None, progress=not args.quiet)
+                                   train=settings.given(args, TrainConfig) or None, progress=not args.quiet)
     print("\n".join(report.lines()))
     prog = project.store.progress()
     print(f"project {project.root}: {project.store.num_samples()} images, classes {', '.join(project.classes)}; "
@@ -113,7 +116,7 @@ def cmd_step(args) -> None:
 
     project = Project(args.project)
     m = project.step(budget=args.budget, strategy=args.strategy, semi=args.semi, options=_option(args.options),
-                     epochs=args.epochs, device=args.device, progress=not args.quiet)
+                     train=settings.given(args, TrainConfig) or None, device=args.device, progress=not args.quiet)
     val = (f"holdout accuracy {_pct(m.get('val_accuracy'))} (95% interval {_pct(m.get('val_low'))}-"
            f"{_pct(m.get('val_high'))}, {m['val_size']} images)" if "val_accuracy" in m
            else f"holdout mIoU {_pct(m.get('val_miou'))} ({m['val_size']} images)")

@@ -33,25 +33,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed, models
-from ..atomic import torch_save, write_with
-from ..ema import EMA
+from .. import distributed
+from ..atomic import write_with
+from ..ema import DEFAULT_DECAY
+from ..engine import Checkpoints, Engine, Seeds, generator
 from ..errors import Int, Real, TodalError, check_choice, check_int, validate
 from ..flavor import flavor_for
 from ..inference import predict
 from ..labeled import PoolLabels
-from ..loop import derive_seed, generator, seeded
-from ..strategies import Context
+from ..models.source import ModelSource
+from ..settings import from_dict
+from ..presets import PROJECT_TRAIN
+from ..strategies import Strategy
 from ..strategies import get as get_strategy
-from ..strategies.base import LabelMaps, ScoreStrategy
-from ..tasks import Segmentation, get_task
-from ..train import TrainConfig, fit
+from ..strategies.base import LabelMaps
+from ..tasks import get_task
+from ..train import TrainConfig
 from .images import ImageCache, FolderImages, guess_mode, read_files, scan
 from .store import DB_NAME, Store
 
 FLUSH_ROWS = 4096  # decoded images held before they are written to the cache
 FLAVOR = flavor_for("default")  # λ, Eq. 7's scale and COD's first pick: todal.flavor says why
-DEFAULT_TRAIN = {"epochs": 15, "batch_size": 64, "lr": 0.05, "weight_decay": 5e-4, "lr_drop_at": 0.8}
 
 _INIT_RULES = {"size": Int(lo=4, hi=1024, expected="an int in [4, 1024] (pixels)"),
                "holdout": Real(lo=0, hi=1, lo_open=True, hi_open=True), "seed_batch": Int(lo=1)}
@@ -140,9 +142,8 @@ class Project:
             check_choice("channels", "todal init", channels, ("auto", "1", "3"))
             size, holdout, seed_batch = validate("todal init", _INIT_RULES, size=size, holdout=holdout,
                                                  seed_batch=seed_batch).values()
-            if model not in models.names():
-                raise TodalError(f"Unknown model {model!r}. Valid: {', '.join(models.names())}.")
-            TrainConfig(**{**DEFAULT_TRAIN, **(train or {})})  # refuses bad settings before anything is written
+            ModelSource(model, dict(model_options or {}))  # an unknown model names the valid ones
+            TrainConfig(**{**PROJECT_TRAIN, **(train or {})})  # refuses bad settings before anything is written
             paths = scan(images)
             mode = guess_mode(images, paths) if channels == "auto" else ("L" if channels == "1" else "RGB")
             root.mkdir(parents=True, exist_ok=True)
@@ -150,7 +151,7 @@ class Project:
                 "classes": classes, "task": task, "images": str(images), "name": root.resolve().name,
                 "model": model, "model_options": dict(model_options or {}), "size": size, "mode": mode,
                 "seed": int(seed), "seed_batch": seed_batch, "holdout": float(holdout),
-                "train": {**DEFAULT_TRAIN, **(train or {})}, "created": time.time()})
+                "train": {**PROJECT_TRAIN, **(train or {})}, "created": time.time()})
             project = cls(root)
         with project._lock("todal init"):
             report = project.index(progress=progress)
@@ -260,21 +261,32 @@ class Project:
         return FolderImages(self.cache, len(self.classes), classes=self.classes, name=self.meta["name"],
                             task=self.task)
 
-    def _new_model(self, key: str) -> nn.Module:
-        with seeded(self.meta["seed"], "project", key):
-            return models.get(self.meta["model"], in_channels=1 if self.meta["mode"] == "L" else 3,
-                              num_classes=len(self.classes), **self.meta["model_options"])
+    @property
+    def source(self) -> ModelSource:
+        """Where the project's models come from (`todal init --model`)."""
+        return ModelSource(self.meta["model"], dict(self.meta["model_options"]))
 
-    def _checkpoint(self, step: int) -> Path:
-        return self.root / "checkpoints" / f"step_{step}.pt"
+    def engine(self, strategy: Strategy, *, semi: bool = False, train: TrainConfig | None = None,
+               device: torch.device | None = None, progress: bool = False) -> Engine:
+        """The engine's cycle for this project: the default flavor, its models, the random streams its steps
+        have always used."""
+        return Engine(self.source, get_task(self.task, len(self.classes)), strategy, flavor=FLAVOR,
+                      train=train or TrainConfig(**self.meta["train"]), semi=semi,
+                      seeds=Seeds(self.meta["seed"], models="project", prefix="project-"),
+                      in_channels=1 if self.meta["mode"] == "L" else 3, num_classes=len(self.classes),
+                      ema_decay=DEFAULT_DECAY, device=device or torch.device("cpu"), batch_size=256,
+                      workdir=self.root, progress=progress, unit="step")
+
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.root / "checkpoints")
 
     def _load(self, step: int) -> dict:
-        path = self._checkpoint(step)
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except FileNotFoundError:
-            raise TodalError(f"Checkpoint {path} is missing; restore it, or delete the steps after "
-                             f"{step - 1} to retrain.") from None
+        return self.checkpoints.load(f"step_{step}.pt", f"Checkpoint {self._checkpoint(step)} is missing; restore "
+                                                        f"it, or delete the steps after {step - 1} to retrain.")
+
+    def _checkpoint(self, step: int) -> Path:
+        return self.checkpoints.path(f"step_{step}.pt")
 
     def labels(self, snapshot: int | None = None):
         """The labels of the snapshot: `(labels [N] class or -1, masks {id: path})`."""
@@ -312,14 +324,16 @@ class Project:
         return read
 
     def step(self, *, budget: int = 100, strategy: str = "cod", semi: bool = False, options: dict | None = None,
-             epochs: int | None = None, device: str | None = None, progress: bool = False) -> dict:
+             train: dict | None = None, device: str | None = None, progress: bool = False) -> dict:
         """Train on the labels so far (warm start), evaluate on the holdout, score, queue the top `budget`.
+        `train`: training settings of this step over the project's (e.g. {"epochs": 5}).
 
         Returns the step's metrics. Run again after a crash: the step resumes from where it stopped.
         """
         budget = check_int("budget", "todal step", budget, lo=1)
         strat = get_strategy(strategy, **(options or {}))
-        train = {**self.meta["train"], **({"epochs": epochs} if epochs is not None else {})}
+        train = {**self.meta["train"], **(train or {})}
+        from_dict(TrainConfig, train, "train")  # a bad setting is refused before anything is written
         config = {"strategy": strategy, "options": dict(options or {}), "budget": budget, "semi": bool(semi),
                   "train": train}
         dev = distributed.device_for(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
@@ -352,7 +366,7 @@ class Project:
         return torch.tensor([bool(h) for *_, h in self.store.samples()], dtype=torch.bool)
 
     def _run_step(self, s, row, strat, semi, train_cfg, budget, dev, progress) -> dict:
-        seed = self.meta["seed"]
+        engine = self.engine(strat, semi=semi, train=train_cfg, device=dev, progress=progress)
         data = self._dataset()
         y, masks = self.labels(row["snapshot"])
         samples = self.store.samples()
@@ -361,34 +375,22 @@ class Project:
         labeled = (y >= 0) & ok
         train_ids = (labeled & ~holdout).nonzero().flatten()
         val_ids = (labeled & holdout).nonzero().flatten()
-        task = get_task(self.task, len(self.classes))
         given = PoolLabels(data, self._mask_reader(masks) if self.task == "segmentation" else y)
-        dense = isinstance(task, Segmentation)
-        prev = self._load(s - 1) if s > 1 else None
+        dense = self.task == "segmentation"
         if row["state"] == "started":
-            model = self._new_model("init")
-            if prev is None:
-                torch_save(self._checkpoint(0), {"model": model.state_dict(), "ema": None})
+            if s == 1:
+                start = engine.initial()
+                self.checkpoints.save("step_0.pt", start)
             else:
-                model.load_state_dict(prev["model"])
-            kept = self.root / "checkpoints" / f"strategy_{s - 1}.pt"
-            if kept.exists():  # what the last selection kept (COD: its outputs), if the same strategy made it
-                last = torch.load(kept, map_location="cpu", weights_only=False)
-                if last["name"] == strat.name:
-                    strat.load_state_dict(last["state"])
-            ema = EMA(model, 0.999) if (semi or strat.needs_ema) else None
-            if ema is not None and prev is not None and prev.get("ema") is not None:
-                ema.load_state_dict(prev["ema"])
+                start = self._load(s - 1)
+            kept = f"strategy_{s - 1}.pt"
+            last = self.checkpoints.load(kept) if self.checkpoints.exists(kept) else None
+            # what the last selection kept (COD: its outputs), if the same strategy made it; else a fresh strategy
+            start = {**start, "strategy": last["state"] if last is not None and last["name"] == strat.name else None}
+            model, ema = engine.restore(start)
             unlabeled = (ok & (y < 0) & ~holdout).nonzero().flatten()
-            with seeded(seed, "project-train", s):
-                stats = fit(model, task, given, train_ids, cfg=train_cfg, generator=generator(seed, "project-train", s),
-                            unlabeled=unlabeled if semi else None, ema=ema, consistency="eq7" if semi else None,
-                            lam=FLAVOR.lam, consistency_reduction=FLAVOR.consistency_reduction,
-                            teacher_train_mode=FLAVOR.teacher_train_mode,
-                            objectives=strat.objectives(), device=dev,
-                            progress=f"step {s} train" if progress else None)
-            torch_save(self._checkpoint(s), {"model": model.state_dict(), "ema": ema.state_dict() if ema else None,
-                                             "strategy": strat.state_dict()})
+            stats = engine.train(model, ema, given, train_ids, unlabeled, n=s)
+            self.checkpoints.save(f"step_{s}.pt", engine.state(model, ema))
             train_metrics = {"train_loss": stats["loss"], "train_steps": stats["steps"],
                              "train_time_s": round(stats["time_s"], 3), "trained_on": len(train_ids)}
             if distributed.is_main():
@@ -396,19 +398,10 @@ class Project:
             distributed.barrier()  # the checkpoint is written before any rank reads it
         else:
             train_metrics = dict(row["metrics"] or {})
-        state = self._load(s)
-        model = self._new_model("init")
-        model.load_state_dict(state["model"])
-        model.to(dev)
-        ema = None
-        if state.get("ema") is not None:
-            ema = EMA(model, 0.999)
-            ema.load_state_dict(state["ema"])
-            ema.model.to(dev)
-        strat.load_state_dict(state.get("strategy") or {})
+        model, ema = engine.restore(self._load(s))
 
         t1 = time.perf_counter()
-        val = self._validate(model, task, given, val_ids, dev)
+        val = self._validate(engine, model, given, val_ids)
         t_val = time.perf_counter() - t1
         # Score: every readable sample with no answer, not queued and waiting, not held out.
         answered = torch.zeros(len(samples), dtype=torch.bool)
@@ -423,20 +416,12 @@ class Project:
             queue, scores_time = [], 0.0
         else:
             t2 = time.perf_counter()
-            prev_model = lambda: self._model_with(prev["model"] if prev else self._load(0)["model"])  # noqa: E731
+            previous = self._load(s - 1)["model"]
             labels = LabelMaps(given, train_ids) if dense else y[train_ids]
-            ctx = Context(model=model, task=task, dataset=data, labeled=train_ids, unlabeled=candidates,
-                          labels=labels, generator=generator(seed, "project-select", s), cycle=s - 1, device=dev,
-                          batch_size=256, ema_model=ema.model if ema else None, flavor=FLAVOR,
-                          previous=prev_model, workdir=self.root, progress=progress)
-            with seeded(seed, "project-select", s):
-                chosen = strat.select(ctx, min(budget, len(candidates)))
-            scores = None
-            if isinstance(strat, ScoreStrategy) and strat.last_scores_ is not None:
-                cand, all_scores = strat.last_scores_
-                at = torch.full((len(samples),), -1, dtype=torch.long)
-                at[cand] = torch.arange(len(cand))
-                scores = all_scores[at[chosen]]
+            picked = engine.select(model, ema, data, labeled=train_ids, labels=labels, unlabeled=candidates,
+                                   budget=min(budget, len(candidates)), cycle=s - 1, n=s,
+                                   previous=lambda: engine.model_with(previous))
+            chosen, scores = picked.indices, picked.scores
             scores_time = time.perf_counter() - t2
             guesses = self._guesses(model, data, chosen, dev) if not dense else [[] for _ in chosen]
             queue = [(int(i), r, None if scores is None else float(scores[r]), strat.name, guesses[r])
@@ -446,13 +431,13 @@ class Project:
                    "score_time_s": round(scores_time, 3)}
         holdout_new = []
         if strat.name == "random" and queue:
-            g = torch.Generator().manual_seed(derive_seed(seed, "project-holdout", s))
+            g = generator(self.meta["seed"], "project-holdout", s)
             pick = torch.tensor([q[0] for q in queue])
             n_hold = int(round(len(pick) * self.meta["holdout"]))
             holdout_new = pick[torch.randperm(len(pick), generator=g)[:n_hold]].tolist()
             metrics["holdout_added"] = len(holdout_new)
         t4 = time.perf_counter()
-        torch_save(self.root / "checkpoints" / f"strategy_{s}.pt", {"name": strat.name, "state": strat.state_dict()})
+        self.checkpoints.save(f"strategy_{s}.pt", {"name": strat.name, "state": strat.state_dict()})
         if distributed.is_main():
             self.store.finish_step(s, metrics, queue, holdout=holdout_new)
         metrics["queue_time_s"] = round(time.perf_counter() - t4, 4)
@@ -461,18 +446,13 @@ class Project:
             self._plot()
         return metrics
 
-    def _model_with(self, weights: dict) -> nn.Module:
-        model = self._new_model("init")
-        model.load_state_dict(weights)
-        return model
-
     def model(self, step: int | None = None) -> nn.Module:
         """The model a step trained (default: the latest finished step), on the CPU, in eval mode."""
         done = [r["step"] for r in self.store.steps() if r["state"] in ("trained", "done") and r["step"] > 0]
         if not done:
             raise TodalError(f"No step has trained a model yet; run `todal step {self.root}`.")
         step = max(done) if step is None else int(step)
-        return self._model_with(self._load(step)["model"]).eval()
+        return self.engine(get_strategy("random")).model_with(self._load(step)["model"]).eval()
 
     def dataset(self) -> FolderImages:
         """The project's images as a todal dataset (inputs from the cache; labels come from the store)."""
@@ -486,22 +466,15 @@ class Project:
             out += [[[int(ci), round(float(pi), 4)] for ci, pi in zip(cr, pr)] for cr, pr in zip(c, p)]
         return out
 
-    @torch.no_grad()
-    def _validate(self, model, task, given, val_ids, dev) -> dict:
+    def _validate(self, engine: Engine, model, given, val_ids) -> dict:
         """Accuracy (or mIoU) on the held-out human labels, with its 95% interval and size."""
         n = len(val_ids)
         if n == 0:
             return {"val_size": 0, "val_accuracy": None, "val_low": None, "val_high": None}
-        conf = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
-        loss_sum = 0.0
-        for idx, out in predict(model, given, val_ids, batch_size=256, device=dev):
-            yb = given.batch(idx)[1]
-            conf += task.confusion(out, yb)
-            loss_sum += float(task.per_sample_loss(out, yb).sum())
-        m = task.metrics(conf, loss_sum, n)
-        if isinstance(task, Segmentation):
+        m = engine.evaluate(model, given, val_ids)
+        if self.task == "segmentation":
             return {"val_size": n, "val_miou": m["miou"], "val_loss": m["loss"]}
-        correct = int(conf.diag().sum())
+        correct = int(round(m["accuracy"] * n))
         lo, hi = wilson(correct, n)
         return {"val_size": n, "val_accuracy": correct / n, "val_low": lo, "val_high": hi, "val_loss": m["loss"]}
 

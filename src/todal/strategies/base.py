@@ -295,9 +295,8 @@ class Strategy(abc.ABC):
         if k == 0:
             return torch.empty(0, dtype=torch.long)
         if distributed.active() and not self.shardable:
-            # needs every feature at once: rank 0 selects, the others take its picks (todal/distributed.py)
-            chosen = self._select(ctx, k) if distributed.is_main() else None
-            chosen = distributed.broadcast(None if chosen is None else torch.as_tensor(chosen).cpu())
+            # needs every feature at once: rank 0 selects, the others take its picks (or its error)
+            chosen = distributed.on_main(lambda: torch.as_tensor(self._select(ctx, k)).cpu())
         else:
             chosen = self._select(ctx, k)
         chosen = torch.as_tensor(chosen, dtype=torch.long).flatten()
