@@ -187,6 +187,11 @@ def cmd_import(args) -> None:
         print(f"skipped: {line}")
     if len(r["problems"]) > 50:
         print(f"... and {len(r['problems']) - 50} more rows skipped")
+    if not r["imported"] and not r["duplicates"]:  # labels already there are no error: a re-run is safe
+        noun = {"csv": "rows", "label-studio": "tasks", "masks": "masks"}[args.format]
+        why = (f"none of the {len(r['problems'])} {noun} could be used (see 'skipped:' above)" if r["problems"]
+               else f"it holds no label {noun}")
+        raise TodalError(f"Nothing was imported from {args.file}: {why}; fix the file and import it again.")
     print(f"imported {r['imported']} labels" + (f" ({r['duplicates']} already there)" if r["duplicates"] else "")
           + (f"; {len(r['problems'])} rows could not be used" if r["problems"] else ""))
 

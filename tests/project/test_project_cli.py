@@ -1,0 +1,44 @@
+"""`todal import` and `todal annotate` through `todal.cli.main`: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from serverkit import make_project
+from todal.cli import main
+
+
+@pytest.fixture
+def project(tmp_path):
+    return make_project(tmp_path, 4)
+
+
+def todal(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# --- import -----------------------------------------------------------------------------------
+def test_import_where_no_row_can_be_used_fails_in_one_line(project, tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\nnot/there.png,Bag\na/img_00000.png,Cat\n")
+    rc, out, err = todal(capsys, "import", project, bad, "--format", "csv")
+    assert rc == 2 and out.count("skipped: ") == 2
+    assert err.count("\n") == 1 and "Nothing was imported" in err and "2 rows" in err
+
+
+def test_import_of_a_file_without_label_rows_fails_in_one_line(project, tmp_path, capsys):
+    empty = tmp_path / "header.csv"
+    empty.write_text("path,label\n\n")
+    rc, _, err = todal(capsys, "import", project, empty, "--format", "csv")
+    assert rc == 2 and err.count("\n") == 1 and "Nothing was imported" in err and "no label rows" in err
+
+
+def test_import_of_rows_already_there_succeeds(project, tmp_path, capsys):
+    good = tmp_path / "good.csv"
+    good.write_text("path,label\na/img_00000.png,Bag\n")
+    assert todal(capsys, "import", project, good, "--format", "csv")[0] == 0
+    rc, out, _ = todal(capsys, "import", project, good, "--format", "csv")
+    assert rc == 0 and "imported 0 labels (1 already there)" in out
