@@ -42,3 +42,15 @@ def test_import_of_rows_already_there_succeeds(project, tmp_path, capsys):
     assert todal(capsys, "import", project, good, "--format", "csv")[0] == 0
     rc, out, _ = todal(capsys, "import", project, good, "--format", "csv")
     assert rc == 0 and "imported 0 labels (1 already there)" in out
+
+
+# --- annotate ---------------------------------------------------------------------------------
+def test_annotate_and_the_server_module_take_the_same_options(project, monkeypatch):
+    import todal.project.server as server
+
+    calls = []
+    monkeypatch.setattr(server, "serve", lambda *a, **kw: calls.append((a, kw)))
+    args = [str(project), "--host", "0.0.0.0", "--port", "8000", "--token", "t" * 20, "--quiet"]
+    assert main(["annotate", *args]) == 0 and server.main(args) == 0
+    assert calls[0] == calls[1] == ((str(project),), {"host": "0.0.0.0", "port": 8000, "token": "t" * 20,
+                                                      "quiet": True})

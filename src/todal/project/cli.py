@@ -20,6 +20,20 @@ def _option(pairs: list[str]) -> dict:
     return out
 
 
+def add_annotate_arguments(p) -> None:
+    """The options of `todal annotate`, which `python -m todal.project.server` takes too (one list: no drift)."""
+    p.add_argument("project", help="the project folder (holds project.db)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (any other than loopback needs the token)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=None, help="access token (default: generated and printed when needed)")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+
+
+def annotate_options(args) -> dict:
+    """`serve`'s keyword arguments from the options `add_annotate_arguments` defines."""
+    return {"host": args.host, "port": args.port, "token": args.token, "quiet": args.quiet}
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("init", help="start a labeling project on a folder of images (or index it again)",
                        description="Index a folder of images (any depth; png, jpg, webp, bmp), decode them once at the "
@@ -42,11 +56,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("annotate", help="the labeling web page for a project's queue")
-    p.add_argument("project")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (any other than 127.0.0.1 needs the token)")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", default=None, help="access token (default: generated and printed when needed)")
+    add_annotate_arguments(sub.add_parser("annotate", help="the labeling web page for a project's queue"))
 
     p = sub.add_parser("step", help="train on the labels so far, evaluate, and queue the next samples to label")
     p.add_argument("project")
@@ -105,7 +115,7 @@ def cmd_annotate(args) -> None:
     from .server import serve
 
     Project(args.project)  # a clear error for a folder that is not a project
-    serve(args.project, host=args.host, port=args.port, token=args.token)
+    serve(args.project, **annotate_options(args))
 
 
 def cmd_step(args) -> None:

@@ -286,15 +286,13 @@ def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import add_annotate_arguments, annotate_options
+
     p = argparse.ArgumentParser(prog="python -m todal.project.server", description=serve.__doc__)
-    p.add_argument("project", help="the project folder (holds project.db)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", default=None)
-    p.add_argument("--quiet", action="store_true")
+    add_annotate_arguments(p)
     a = p.parse_args(argv)
     try:
-        serve(a.project, host=a.host, port=a.port, token=a.token, quiet=a.quiet)
+        serve(a.project, **annotate_options(a))
     except TodalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
