@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from serverkit import make_project
@@ -54,3 +56,19 @@ def test_annotate_and_the_server_module_take_the_same_options(project, monkeypat
     assert main(["annotate", *args]) == 0 and server.main(args) == 0
     assert calls[0] == calls[1] == ((str(project),), {"host": "0.0.0.0", "port": 8000, "token": "t" * 20,
                                                       "quiet": True})
+
+
+def test_annotate_on_a_port_in_use_fails_in_one_line(project, capsys):
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        rc, out, err = todal(capsys, "annotate", project, "--port", port)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("todal: error: ") and f"port {port}" in err and "--port" in err
+
+
+@pytest.mark.parametrize("port", ["-1", "70000"])
+def test_annotate_on_an_impossible_port_fails_in_one_line(project, capsys, port):
+    rc, _, err = todal(capsys, "annotate", project, "--port", port)
+    assert rc == 2 and err.count("\n") == 1 and "[0, 65535]" in err

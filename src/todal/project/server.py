@@ -22,8 +22,10 @@ DNS rebinding) and POSTs must be `application/json` (no cross-site form posts).
 from __future__ import annotations
 
 import argparse
+import errno
 import mimetypes
 import secrets
+import socket
 import string
 import sys
 import threading
@@ -272,6 +274,23 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
     return app
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port uvicorn could not listen on (it would log its start-up, then exit 3)."""
+    if not 0 <= port <= 65535:
+        raise TodalError(f"--port must be in [0, 65535]. Got {port}; pick a free port, e.g. --port 8765.")
+    # The socket uvicorn makes: IPv6 for a host with ':', SO_REUSEADDR so a port in TIME_WAIT counts as free.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise TodalError(f"Cannot listen on {host}:{port}: port {port} is in use (another todal annotate?); "
+                                 "stop that program, or pick another port with --port.") from None
+            raise TodalError(f"Cannot listen on {host}:{port} ({e.strerror or e}); check --host, or pick another "
+                             "port with --port.") from None
+
+
 def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
           quiet: bool = False) -> None:
     """Serve the labeling page until interrupted; a host other than loopback needs a token (one is made)."""
@@ -280,6 +299,7 @@ def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str 
     if host not in LOOPBACK and token is None:
         token = secrets.token_urlsafe(24)
     app = make_app(project_dir, token=token)
+    _check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"Labeling page: http://{shown}:{port}/" + (f"?token={token}" if token else ""), flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
