@@ -3,8 +3,9 @@
 Endpoints (JSON in and out; every error is 4xx with `{"error": "<one line: what is wrong, the fix>"}`
 and changes nothing):
 
-    GET  /                    the page (static/index.html); `/?token=T` sets the token cookie, then redirects to /
+    GET  /                    the page (static/index.html)
     GET  /static/{file}       app.js, app.css
+    POST /api/session         {}: with `Authorization: Bearer TOKEN`, sets the token cookie (the page's login)
     GET  /api/config          {name, task, classes, keys: {classes: [key per class], skip, unsure, undo}}
     POST /api/next            {annotator, n=5} -> {items: [Item + image url]}: leases up to n samples
     GET  /api/image/{id}      the sample's image bytes (path from the store, kept inside the images root)
@@ -14,15 +15,19 @@ and changes nothing):
     POST /api/undo            {annotator} -> {item | null}: takes back their latest answer, leased back to them
     GET  /api/progress        Store.progress(): batch done/left, per class, per annotator
 
-With a token every request needs it: the cookie the page URL sets (HttpOnly, SameSite=Strict) or an
-`Authorization: Bearer` header; else 401. Without one the app answers only loopback Host names (no
-DNS rebinding) and POSTs must be `application/json` (no cross-site form posts).
+With a token every request but the page's files needs it: the cookie /api/session sets (HttpOnly,
+SameSite=Strict) or an `Authorization: Bearer` header; else 401. The printed URL carries the token in
+its fragment (`/#token=T`), which browsers never send, so no access log or proxy sees it; the page trades
+it for the cookie. Without a token the app answers only loopback Host names (no DNS rebinding) and POSTs
+must be `application/json` (no cross-site form posts).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
+import logging
 import mimetypes
 import secrets
 import socket
@@ -35,7 +40,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -48,6 +53,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Action keys; class keys are 1-9, then the letters these leave free.
 SKIP_KEY, UNSURE_KEY, UNDO_KEYS = "s", "u", ("Backspace", "z")
 MAX_BATCH = 50
+MIN_TOKEN = 16
 
 
 def class_keys(n: int) -> list[str | None]:
@@ -117,7 +123,8 @@ def _annotator(name: str) -> str:
 
 
 class _Gate:
-    """ASGI middleware: the token (cookie or bearer) when one is set, else loopback Host names only."""
+    """ASGI middleware: the token (cookie or bearer) on all but the page's files when one is set, else loopback
+    Host names only."""
 
     def __init__(self, app, token: str | None):
         self.app, self.token = app, token
@@ -132,22 +139,22 @@ class _Gate:
                 return await _error(f"Host {host!r} is not a loopback name; open the page at 127.0.0.1, "
                                     "or serve with a token.", 403)(scope, receive, send)
             return await self.app(scope, receive, send)
-        query = request.query_params.get("token")
-        if query is not None and request.url.path == "/" and secrets.compare_digest(query, self.token):
-            response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
-            return await response(scope, receive, send)
+        if scope["path"] == "/" or scope["path"].startswith("/static/"):  # no data: loads, then logs in
+            return await self.app(scope, receive, send)
         auth = request.headers.get("authorization", "")
         given = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
         if not secrets.compare_digest(given.encode(), self.token.encode()):
             return await _error("This labeling server needs its token; open the URL it printed "
-                                "(http://HOST:PORT/?token=...) or send Authorization: Bearer TOKEN.",
+                                "(http://HOST:PORT/#token=...) or send Authorization: Bearer TOKEN.",
                                 401)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
 def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0) -> Starlette:
     """The labeling app over `project_dir`/project.db; refuses a segmentation project or an unreadable file."""
+    if token == "":
+        raise TodalError("An empty token lets anyone in; pass a token of at least 16 characters, or none "
+                         "(loopback only).")
     project_dir = Path(project_dir)
     store = Store(project_dir / DB_NAME)
     meta = store.meta()
@@ -242,6 +249,13 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
         it = await run_in_threadpool(locked, store.undo, b["annotator"], lease_ttl)
         return JSONResponse({"item": item(it) if it else None})
 
+    def session(request: Request) -> JSONResponse:
+        # The gate has checked the bearer token: hand the page a cookie, which JS cannot read.
+        response = JSONResponse({})
+        if token is not None:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
     def progress(request: Request) -> JSONResponse:
         return JSONResponse(store.progress())
 
@@ -258,6 +272,7 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
     routes = [
         Route("/", page),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/api/session", session, methods=["POST"]),
         Route("/api/config", config),
         Route("/api/next", next_, methods=["POST"]),
         Route("/api/image/{sample_id:int}", image),
@@ -291,18 +306,42 @@ def _check_port(host: str, port: int) -> None:
                              "port with --port.") from None
 
 
+class _PathOnly(logging.Filter):
+    """Drops the query string from uvicorn's access-log lines: no secret sent in a query reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) and a.startswith("/") else a
+                                for a in record.args)
+        return True
+
+
+def _log_config() -> dict:
+    """uvicorn's logging, with `_PathOnly` on the access logger."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["path_only"] = {"()": _PathOnly}
+    config["loggers"]["uvicorn.access"]["filters"] = ["path_only"]
+    return config
+
+
 def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
           quiet: bool = False) -> None:
     """Serve the labeling page until interrupted; a host other than loopback needs a token (one is made)."""
     import uvicorn
 
+    if token is not None and len(token) < MIN_TOKEN:
+        raise TodalError(f"--token must be at least {MIN_TOKEN} characters (a short one can be guessed). Got "
+                         f"{len(token)}; omit --token to get a generated one.")
     if host not in LOOPBACK and token is None:
         token = secrets.token_urlsafe(24)
     app = make_app(project_dir, token=token)
     _check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"Labeling page: http://{shown}:{port}/" + (f"?token={token}" if token else ""), flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+    print(f"Labeling page: http://{shown}:{port}/" + (f"#token={token}" if token else ""), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
+                log_config=_log_config())
 
 
 def main(argv: list[str] | None = None) -> int:
