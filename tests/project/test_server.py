@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -183,9 +184,19 @@ def test_bad_input_is_refused_and_changes_nothing(client, project, url, body, me
 def test_malformed_body_is_refused_and_changes_nothing(client, project, content, ctype, status):
     before = snapshot(project)
     r = client.post("/api/label", content=content, headers={"content-type": ctype})
-    assert r.status_code == status
-    if status != 413:
-        assert "\n" not in r.json()["error"]
+    assert r.status_code == status and "\n" not in r.json()["error"]
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_64_kib_is_refused_in_one_line(client, project, chunked):
+    body = json.dumps({"sample": 0, "class": 1, "annotator": "ana", "pad": "x" * 70_000}).encode()
+    before = snapshot(project)
+    content = iter([body[i : i + 8192] for i in range(0, len(body), 8192)]) if chunked else body
+    r = client.post("/api/label", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    error = r.json()["error"]
+    assert "at most 64 KiB" in error and "\n" not in error
     assert snapshot(project) == before
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import errno
+import json
 import logging
 import mimetypes
 import secrets
@@ -54,6 +55,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SKIP_KEY, UNSURE_KEY, UNDO_KEYS = "s", "u", ("Backspace", "z")
 MAX_BATCH = 50
 MIN_TOKEN = 16
+MAX_BODY = 64 * 1024  # an answer is a small JSON object
 
 
 def class_keys(n: int) -> list[str | None]:
@@ -80,7 +82,7 @@ async def _body(request: Request, fields: dict[str, type | tuple]) -> dict:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise BadRequest("The request body must be JSON; send it with Content-Type: application/json.", 415)
     try:
-        body = await request.json()
+        body = json.loads(await _read(request))
     except ValueError:
         raise BadRequest("The request body is not valid JSON; send a JSON object like "
                          '{"annotator": "ana", "sample": 3}.') from None
@@ -103,6 +105,22 @@ async def _body(request: Request, fields: dict[str, type | tuple]) -> dict:
         raise BadRequest("The 'request' field must be a non-empty id of at most 128 characters, "
                          "like crypto.randomUUID().")
     return out
+
+
+async def _read(request: Request) -> bytes:
+    """The request body, refused (413) past MAX_BODY bytes without reading the rest (chunked bodies too)."""
+    too_large = BadRequest(f"The request body must be at most {MAX_BODY // 1024} KiB; send one answer per "
+                           "request.", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _short(value) -> str:
@@ -282,8 +300,8 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
         Route("/api/undo", undo, methods=["POST"]),
         Route("/api/progress", progress),
     ]
-    app = Starlette(routes=routes, max_body_size=64 * 1024,
-                    exception_handlers={BadRequest: bad_request, TodalError: bad_request, HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={BadRequest: bad_request, TodalError: bad_request,
+                                                       HTTPException: http_error})
     app.add_middleware(_Gate, token=token)
     app.state.store = store
     return app
