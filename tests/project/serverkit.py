@@ -79,21 +79,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(project: Path, port: int, *extra: str) -> subprocess.Popen:
-    """`python -m todal.project.server PROJECT --port PORT` in a subprocess, returned once it answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "todal.project.server", str(project), "--port", str(port),
-                             "--quiet", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_ready(f"http://127.0.0.1:{port}", proc)
+def start_server(project: Path, port: int, *extra: str, token: str | None = None,
+                 log: Path | None = None) -> subprocess.Popen:
+    """`python -m todal.project.server PROJECT --port PORT` in a subprocess, returned once it answers.
+
+    With `log`, the access log is on and stdout and stderr go to that file; else --quiet.
+    """
+    cmd = [sys.executable, "-m", "todal.project.server", str(project), "--port", str(port), *extra]
+    if token is not None:
+        cmd += ["--token", token]
+    if log is None:
+        proc = subprocess.Popen([*cmd, "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    else:
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    wait_ready(f"http://127.0.0.1:{port}", proc, token=token)
     return proc
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 20.0, *,
+               token: str | None = None) -> None:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stderr.read().decode()}")
+            said = proc.stderr.read().decode() if proc.stderr else "(see its log)"
+            raise RuntimeError(f"the server exited with {proc.returncode}: {said}")
         try:
-            if httpx.get(url + "/api/progress", timeout=1.0).status_code == 200:
+            if httpx.get(url + "/api/progress", headers=headers, timeout=1.0).status_code == 200:
                 return
         except httpx.TransportError:
             time.sleep(0.05)

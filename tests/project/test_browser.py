@@ -6,9 +6,10 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
-from serverkit import CLASSES, ThreadServer, labels, make_project, snapshot
+from serverkit import CLASSES, ThreadServer, free_port, labels, make_project, snapshot, start_server
 from todal.project.server import make_app
 from todal.project.store import DB_NAME, Store
 
@@ -43,10 +44,11 @@ def guesses(s: int) -> list:
 
 
 def open_page(browser, url: str, name: str):
+    """A new browser context at `url` (its page when `url` has no path), labeling as `name`."""
     context = browser.new_context(viewport={"width": 1100, "height": 760})
     page = context.new_page()
     page.set_default_timeout(10_000)
-    page.goto(url + "/")
+    page.goto(url if "/" in url.partition("//")[2] else url + "/")
     page.fill("#name-input", name)
     page.click("#name-form button[type=submit]")
     return page
@@ -157,13 +159,44 @@ def test_the_token_url_opens_the_page_and_labels_go_through(browser, tmp_path):
         context = browser.new_context()
         page = context.new_page()
         page.goto(url + "/")
-        assert "needs its token" in page.inner_text("body")
-        page.goto(url + "/?token=t0ken")
-        assert page.url == url + "/"  # the token left the address bar for an HttpOnly cookie
+        page.wait_for_selector("#error", state="visible")
+        assert "needs its token" in page.inner_text("#error")
+        page = context.new_page()
+        page.goto(url + "/#token=t0ken")
         page.fill("#name-input", "ana")
         page.click("#name-form button[type=submit]")
         first = shown(page)
+        assert page.url == url + "/"  # the token left the address bar for an HttpOnly cookie
+        assert context.cookies()[0]["httpOnly"] and context.cookies()[0]["sameSite"] == "Strict"
         press(page, "9")
         settled(page)
         assert labels(project) == [(first, "label", 8, "ana")]
         context.close()
+
+
+def test_the_printed_url_logs_in_and_the_token_stays_out_of_the_server_log(browser, tmp_path):
+    project, port, log = make_project(tmp_path, 3, guesses=guesses), free_port(), tmp_path / "server.log"
+    token = "k" * 8 + "-secret-" + "q" * 16
+    server = start_server(project, port, token=token, log=log)
+    try:
+        printed = next(line for line in log.read_text().splitlines() if line.startswith("Labeling page: "))
+        url = printed.removeprefix("Labeling page: ")
+        assert url == f"http://127.0.0.1:{port}/#token={token}"  # a fragment: the browser never sends it
+        page = open_page(browser, url, "ana")
+        first = shown(page)
+        assert page.url == f"http://127.0.0.1:{port}/" and page.is_visible("#classes button")
+        page.screenshot(path=str(tmp_path / "after-login.png"))
+        press(page, "6")
+        settled(page)
+        assert labels(project) == [(first, "label", 5, "ana")]
+        # A client that still sends the token in a query string: refused, and the query is not logged.
+        assert httpx.get(f"http://127.0.0.1:{port}/api/config?token={token}").status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/?token={token}").status_code == 200
+        page.context.close()
+    finally:
+        server.terminate()
+        server.wait(20)
+    lines = log.read_text().splitlines()
+    assert '"POST /api/session HTTP/1.1" 200' in "\n".join(lines)  # the access log is on
+    assert '"GET /api/config HTTP/1.1" 401' in "\n".join(lines)
+    assert [line for line in lines if token in line] == [printed]

@@ -98,6 +98,33 @@ def test_init_refuses_a_changed_class_list(tmp_path):
         Project.init(tmp_path / "proj", tmp_path / "images", ["horizontal", "vertical", "other"])
 
 
+@pytest.mark.parametrize("bad", ["../x", "a/b", "a\\b", ".", "..", "nul\x00", "tab\there", "bell\x07", "x" * 101])
+def test_init_refuses_a_class_name_that_is_not_a_safe_folder_name(tmp_path, bad):
+    write_images(tmp_path / "images", 3)
+    with pytest.raises(TodalError, match="is not usable as a folder name") as e:
+        Project.init(tmp_path / "proj", tmp_path / "images", [bad, "cat"])
+    assert repr(bad) in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "proj").exists()
+
+
+def test_init_takes_a_long_unicode_class_name_and_strips_spaces_around_names(tmp_path):
+    write_images(tmp_path / "images", 3)
+    project, _ = Project.init(tmp_path / "proj", tmp_path / "images", "Ankle boot, T-shirt.top ," + "é" * 100,
+                              seed_batch=2)
+    assert project.classes == ["Ankle boot", "T-shirt.top", "é" * 100]
+
+
+def test_export_imagefolder_refuses_an_older_project_with_an_unsafe_class_name(tmp_path):
+    from serverkit import make_project
+
+    root = make_project(tmp_path, 2, classes=["../escaped", "cat"])
+    Store(root / "project.db").add_label(0, 0, annotator="ana", source="web")
+    with pytest.raises(TodalError, match="'../escaped' is not usable as a folder name") as e:
+        Project(root).export("imagefolder", tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("content", [b"random bytes, not sqlite" * 100, "foreign"])
 def test_a_corrupted_or_foreign_database_is_refused_in_one_line(tmp_path, content):
     (tmp_path / "proj").mkdir()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 from starlette.testclient import TestClient
 
-from serverkit import CLASSES, labels, make_project, snapshot
+from serverkit import CLASSES, free_port, labels, make_project, snapshot
 from todal.errors import TodalError
 from todal.project.server import class_keys, make_app, serve
 from todal.project.store import DB_NAME, Store
@@ -183,9 +184,19 @@ def test_bad_input_is_refused_and_changes_nothing(client, project, url, body, me
 def test_malformed_body_is_refused_and_changes_nothing(client, project, content, ctype, status):
     before = snapshot(project)
     r = client.post("/api/label", content=content, headers={"content-type": ctype})
-    assert r.status_code == status
-    if status != 413:
-        assert "\n" not in r.json()["error"]
+    assert r.status_code == status and "\n" not in r.json()["error"]
+    assert snapshot(project) == before
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_over_64_kib_is_refused_in_one_line(client, project, chunked):
+    body = json.dumps({"sample": 0, "class": 1, "annotator": "ana", "pad": "x" * 70_000}).encode()
+    before = snapshot(project)
+    content = iter([body[i : i + 8192] for i in range(0, len(body), 8192)]) if chunked else body
+    r = client.post("/api/label", content=content, headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    error = r.json()["error"]
+    assert "at most 64 KiB" in error and "\n" not in error
     assert snapshot(project) == before
 
 
@@ -195,22 +206,32 @@ def test_unknown_endpoint_and_wrong_method_answer_json(client):
 
 
 # --- token and host -----------------------------------------------------------------------------
-def test_token_is_required_when_set(project):
+def test_token_is_required_by_every_api_route_but_not_by_the_page(project):
     with TestClient(make_app(project, token="s3cret"), base_url="http://192.168.1.5:8765") as c:
-        for method, url in [("get", "/"), ("get", "/api/config"), ("get", "/api/progress"), ("get", "/api/image/0"),
-                            ("get", "/static/app.js")]:
-            assert getattr(c, method)(url).status_code == 401, url
+        for url in ["/", "/static/app.js", "/static/app.css"]:  # the page holds no data: it loads, then logs in
+            assert c.get(url).status_code == 200, url
+        for url in ["/api/config", "/api/progress", "/api/image/0", "/api/nothing", "/nothing"]:
+            r = c.get(url)
+            assert r.status_code == 401 and "#token=" in r.json()["error"] and "\n" not in r.json()["error"], url
         assert c.post("/api/next", json={"annotator": "ana"}).status_code == 401
+        assert c.post("/api/session").status_code == 401
         assert c.get("/api/config", headers={"authorization": "Bearer wrong"}).status_code == 401
-        assert c.get("/?token=wrong", follow_redirects=False).status_code == 401
         assert c.get("/api/config", headers={"authorization": "Bearer s3cret"}).status_code == 200
-        r = c.get("/?token=s3cret", follow_redirects=False)
-        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert "set-cookie" not in c.get("/?token=s3cret").headers  # no login by query string (access logs)
+        assert c.get("/api/config").status_code == 401
+        assert c.post("/api/session", headers={"authorization": "Bearer wrong"}).status_code == 401
+        r = c.post("/api/session", headers={"authorization": "Bearer s3cret"})
+        assert r.status_code == 200 and r.json() == {}
         cookie = r.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=strict" in cookie
-        c.cookies.set("todal_token", "s3cret")
-        assert c.get("/").status_code == 200 and c.get("/api/image/0").status_code == 200
+        assert cookie.startswith("todal_token=s3cret;") and "httponly" in cookie and "samesite=strict" in cookie
+        assert c.get("/api/config").status_code == 200 and c.get("/api/image/0").status_code == 200
     assert Store(project / DB_NAME).leases() == []
+
+
+def test_an_empty_token_is_refused(project):
+    with pytest.raises(TodalError, match="empty token") as e:
+        make_app(project, token="")
+    assert "\n" not in str(e.value)
 
 
 def test_without_token_only_loopback_hosts_are_answered(project):
@@ -264,24 +285,35 @@ def test_corrupted_database_from_the_command_line_has_no_traceback(tmp_path):
 def test_serve_makes_a_token_for_a_non_loopback_host(project, monkeypatch, capsys):
     import uvicorn
 
-    ran = {}
+    ran, port = {}, free_port()
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
-    serve(project, host="0.0.0.0", port=9999, quiet=True)
+    serve(project, host="0.0.0.0", port=port, quiet=True)
     line = capsys.readouterr().out.strip()
-    assert line.startswith("Labeling page: http://0.0.0.0:9999/?token=") and ran["host"] == "0.0.0.0"
-    token = line.split("token=")[1]
+    assert line.startswith(f"Labeling page: http://0.0.0.0:{port}/#token=") and ran["host"] == "0.0.0.0"
+    token = line.split("#token=")[1]
     assert len(token) >= 24
     with TestClient(ran["app"], base_url="http://192.168.1.5:9999") as c:
         assert c.get("/api/config").status_code == 401
         assert c.get("/api/config", headers={"authorization": f"Bearer {token}"}).status_code == 200
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
+@pytest.mark.parametrize("token", ["", "x" * 15])
+def test_serve_refuses_an_empty_or_short_token(project, monkeypatch, host, token):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("uvicorn started"))
+    with pytest.raises(TodalError, match=r"at least 16 characters.*omit --token") as e:
+        serve(project, host=host, port=free_port(), token=token)
+    assert "\n" not in str(e.value)
+
+
 def test_serve_on_loopback_needs_no_token(project, monkeypatch, capsys):
     import uvicorn
 
-    ran = {}
+    ran, port = {}, free_port()
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
-    serve(project, port=9999)
-    assert capsys.readouterr().out.strip() == "Labeling page: http://127.0.0.1:9999/"
+    serve(project, port=port)
+    assert capsys.readouterr().out.strip() == f"Labeling page: http://127.0.0.1:{port}/"
     with TestClient(ran["app"], base_url="http://127.0.0.1:9999") as c:
         assert c.get("/api/config").status_code == 200

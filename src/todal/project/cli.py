@@ -23,6 +23,20 @@ def _option(pairs: list[str]) -> dict:
     return out
 
 
+def add_annotate_arguments(p) -> None:
+    """The options of `todal annotate`, which `python -m todal.project.server` takes too (one list: no drift)."""
+    p.add_argument("project", help="the project folder (holds project.db)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (any other than loopback needs the token)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default=None, help="access token (default: generated and printed when needed)")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+
+
+def annotate_options(args) -> dict:
+    """`serve`'s keyword arguments from the options `add_annotate_arguments` defines."""
+    return {"host": args.host, "port": args.port, "token": args.token, "quiet": args.quiet}
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("init", help="start a labeling project on a folder of images (or index it again)",
                        description="Index a folder of images (any depth; png, jpg, webp, bmp), decode them once at the "
@@ -45,11 +59,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     settings.add_flags(p, TrainConfig, defaults=PROJECT_TRAIN)
 
-    p = sub.add_parser("annotate", help="the labeling web page for a project's queue")
-    p.add_argument("project")
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (any other than 127.0.0.1 needs the token)")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", default=None, help="access token (default: generated and printed when needed)")
+    add_annotate_arguments(sub.add_parser("annotate", help="the labeling web page for a project's queue"))
 
     p = sub.add_parser("step", help="train on the labels so far, evaluate, and queue the next samples to label")
     p.add_argument("project")
@@ -108,7 +118,7 @@ def cmd_annotate(args) -> None:
     from .server import serve
 
     Project(args.project)  # a clear error for a folder that is not a project
-    serve(args.project, host=args.host, port=args.port, token=args.token)
+    serve(args.project, **annotate_options(args))
 
 
 def cmd_step(args) -> None:
@@ -190,6 +200,11 @@ def cmd_import(args) -> None:
         print(f"skipped: {line}")
     if len(r["problems"]) > 50:
         print(f"... and {len(r['problems']) - 50} more rows skipped")
+    if not r["imported"] and not r["duplicates"]:  # labels already there are no error: a re-run is safe
+        noun = {"csv": "rows", "label-studio": "tasks", "masks": "masks"}[args.format]
+        why = (f"none of the {len(r['problems'])} {noun} could be used (see 'skipped:' above)" if r["problems"]
+               else f"it holds no label {noun}")
+        raise TodalError(f"Nothing was imported from {args.file}: {why}; fix the file and import it again.")
     print(f"imported {r['imported']} labels" + (f" ({r['duplicates']} already there)" if r["duplicates"] else "")
           + (f"; {len(r['problems'])} rows could not be used" if r["problems"] else ""))
 

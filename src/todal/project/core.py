@@ -99,6 +99,9 @@ def _classes(classes) -> list[str]:
     if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
         raise TodalError(f"Classes must be at least 2 distinct non-empty names, e.g. --classes cat,dog,bird. "
                          f"Got {','.join(names)!r}.")
+    from .exchange import check_class_names
+
+    check_class_names(names, "rename it in --classes, e.g. --classes cat,dog,bird.")
     return names
 
 

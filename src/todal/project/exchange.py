@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -88,15 +89,36 @@ def read_csv(path: str | os.PathLike, project) -> tuple[list[dict], list[str]]:
     return out, problems
 
 
+MAX_CLASS_NAME = 100
+
+
+def check_class_names(names: list[str], fix: str) -> None:
+    """Refuse a class name that is not one safe folder name (it names a folder in the imagefolder export)."""
+    for name in names:
+        why = ("it holds a path separator" if "/" in name or "\\" in name else
+               "it is . or .." if name in (".", "..") else
+               "it holds a control character" if any(unicodedata.category(c) == "Cc" for c in name) else
+               "it starts or ends with a space" if name != name.strip() else
+               f"it is longer than {MAX_CLASS_NAME} characters" if len(name) > MAX_CLASS_NAME else None)
+        if why:
+            raise TodalError(f"Class name {name!r} is not usable as a folder name ({why}); {fix}")
+
+
 def export_imagefolder(store, images: Path, out: str | os.PathLike, classes: list[str]) -> int:
     """Copy every labeled (classification) image to `out/<class>/`; returns how many."""
+    check_class_names(classes, "this project was made before class names were checked; start a new project "
+                               "with safe class names (todal init NEW --images DIR --classes a,b,c).")
     out = Path(out)
+    top = Path(os.path.normpath(out))
     paths = {i: p for i, p, *_ in store.samples()}
     n = 0
     for sample, (kind, cls, _, _) in sorted(store.current().items()):
         if kind != "label" or cls is None:
             continue
         dest = out / classes[cls] / paths[sample].replace("/", "__")
+        if Path(os.path.normpath(dest)).parent.parent != top:  # lexical: `..` in a name cannot climb out
+            raise TodalError(f"Sample {sample}'s export path {dest} leaves {out}/<class>/; re-index the project "
+                             "with `todal init`.")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(images / paths[sample], dest)
         n += 1

@@ -3,8 +3,9 @@
 Endpoints (JSON in and out; every error is 4xx with `{"error": "<one line: what is wrong, the fix>"}`
 and changes nothing):
 
-    GET  /                    the page (static/index.html); `/?token=T` sets the token cookie, then redirects to /
+    GET  /                    the page (static/index.html)
     GET  /static/{file}       app.js, app.css
+    POST /api/session         {}: with `Authorization: Bearer TOKEN`, sets the token cookie (the page's login)
     GET  /api/config          {name, task, classes, keys: {classes: [key per class], skip, unsure, undo}}
     POST /api/next            {annotator, n=5} -> {items: [Item + image url]}: leases up to n samples
     GET  /api/image/{id}      the sample's image bytes (path from the store, kept inside the images root)
@@ -14,16 +15,23 @@ and changes nothing):
     POST /api/undo            {annotator} -> {item | null}: takes back their latest answer, leased back to them
     GET  /api/progress        Store.progress(): batch done/left, per class, per annotator
 
-With a token every request needs it: the cookie the page URL sets (HttpOnly, SameSite=Strict) or an
-`Authorization: Bearer` header; else 401. Without one the app answers only loopback Host names (no
-DNS rebinding) and POSTs must be `application/json` (no cross-site form posts).
+With a token every request but the page's files needs it: the cookie /api/session sets (HttpOnly,
+SameSite=Strict) or an `Authorization: Bearer` header; else 401. The printed URL carries the token in
+its fragment (`/#token=T`), which browsers never send, so no access log or proxy sees it; the page trades
+it for the cookie. Without a token the app answers only loopback Host names (no DNS rebinding) and POSTs
+must be `application/json` (no cross-site form posts).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import errno
+import json
+import logging
 import mimetypes
 import secrets
+import socket
 import string
 import sys
 import threading
@@ -33,7 +41,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -46,6 +54,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Action keys; class keys are 1-9, then the letters these leave free.
 SKIP_KEY, UNSURE_KEY, UNDO_KEYS = "s", "u", ("Backspace", "z")
 MAX_BATCH = 50
+MIN_TOKEN = 16
+MAX_BODY = 64 * 1024  # an answer is a small JSON object
 
 
 def class_keys(n: int) -> list[str | None]:
@@ -72,7 +82,7 @@ async def _body(request: Request, fields: dict[str, type | tuple]) -> dict:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise BadRequest("The request body must be JSON; send it with Content-Type: application/json.", 415)
     try:
-        body = await request.json()
+        body = json.loads(await _read(request))
     except ValueError:
         raise BadRequest("The request body is not valid JSON; send a JSON object like "
                          '{"annotator": "ana", "sample": 3}.') from None
@@ -97,6 +107,22 @@ async def _body(request: Request, fields: dict[str, type | tuple]) -> dict:
     return out
 
 
+async def _read(request: Request) -> bytes:
+    """The request body, refused (413) past MAX_BODY bytes without reading the rest (chunked bodies too)."""
+    too_large = BadRequest(f"The request body must be at most {MAX_BODY // 1024} KiB; send one answer per "
+                           "request.", 413)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -115,7 +141,8 @@ def _annotator(name: str) -> str:
 
 
 class _Gate:
-    """ASGI middleware: the token (cookie or bearer) when one is set, else loopback Host names only."""
+    """ASGI middleware: the token (cookie or bearer) on all but the page's files when one is set, else loopback
+    Host names only."""
 
     def __init__(self, app, token: str | None):
         self.app, self.token = app, token
@@ -130,22 +157,22 @@ class _Gate:
                 return await _error(f"Host {host!r} is not a loopback name; open the page at 127.0.0.1, "
                                     "or serve with a token.", 403)(scope, receive, send)
             return await self.app(scope, receive, send)
-        query = request.query_params.get("token")
-        if query is not None and request.url.path == "/" and secrets.compare_digest(query, self.token):
-            response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
-            return await response(scope, receive, send)
+        if scope["path"] == "/" or scope["path"].startswith("/static/"):  # no data: loads, then logs in
+            return await self.app(scope, receive, send)
         auth = request.headers.get("authorization", "")
         given = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
         if not secrets.compare_digest(given.encode(), self.token.encode()):
             return await _error("This labeling server needs its token; open the URL it printed "
-                                "(http://HOST:PORT/?token=...) or send Authorization: Bearer TOKEN.",
+                                "(http://HOST:PORT/#token=...) or send Authorization: Bearer TOKEN.",
                                 401)(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
 def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0) -> Starlette:
     """The labeling app over `project_dir`/project.db; refuses a segmentation project or an unreadable file."""
+    if token == "":
+        raise TodalError("An empty token lets anyone in; pass a token of at least 16 characters, or none "
+                         "(loopback only).")
     project_dir = Path(project_dir)
     store = Store(project_dir / DB_NAME)
     meta = store.meta()
@@ -240,6 +267,13 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
         it = await run_in_threadpool(locked, store.undo, b["annotator"], lease_ttl)
         return JSONResponse({"item": item(it) if it else None})
 
+    def session(request: Request) -> JSONResponse:
+        # The gate has checked the bearer token: hand the page a cookie, which JS cannot read.
+        response = JSONResponse({})
+        if token is not None:
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        return response
+
     def progress(request: Request) -> JSONResponse:
         return JSONResponse(store.progress())
 
@@ -256,6 +290,7 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
     routes = [
         Route("/", page),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Route("/api/session", session, methods=["POST"]),
         Route("/api/config", config),
         Route("/api/next", next_, methods=["POST"]),
         Route("/api/image/{sample_id:int}", image),
@@ -265,11 +300,48 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
         Route("/api/undo", undo, methods=["POST"]),
         Route("/api/progress", progress),
     ]
-    app = Starlette(routes=routes, max_body_size=64 * 1024,
-                    exception_handlers={BadRequest: bad_request, TodalError: bad_request, HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={BadRequest: bad_request, TodalError: bad_request,
+                                                       HTTPException: http_error})
     app.add_middleware(_Gate, token=token)
     app.state.store = store
     return app
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse, in one line, a port uvicorn could not listen on (it would log its start-up, then exit 3)."""
+    if not 0 <= port <= 65535:
+        raise TodalError(f"--port must be in [0, 65535]. Got {port}; pick a free port, e.g. --port 8765.")
+    # The socket uvicorn makes: IPv6 for a host with ':', SO_REUSEADDR so a port in TIME_WAIT counts as free.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise TodalError(f"Cannot listen on {host}:{port}: port {port} is in use (another todal annotate?); "
+                                 "stop that program, or pick another port with --port.") from None
+            raise TodalError(f"Cannot listen on {host}:{port} ({e.strerror or e}); check --host, or pick another "
+                             "port with --port.") from None
+
+
+class _PathOnly(logging.Filter):
+    """Drops the query string from uvicorn's access-log lines: no secret sent in a query reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) and a.startswith("/") else a
+                                for a in record.args)
+        return True
+
+
+def _log_config() -> dict:
+    """uvicorn's logging, with `_PathOnly` on the access logger."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["path_only"] = {"()": _PathOnly}
+    config["loggers"]["uvicorn.access"]["filters"] = ["path_only"]
+    return config
 
 
 def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
@@ -277,24 +349,27 @@ def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str 
     """Serve the labeling page until interrupted; a host other than loopback needs a token (one is made)."""
     import uvicorn
 
+    if token is not None and len(token) < MIN_TOKEN:
+        raise TodalError(f"--token must be at least {MIN_TOKEN} characters (a short one can be guessed). Got "
+                         f"{len(token)}; omit --token to get a generated one.")
     if host not in LOOPBACK and token is None:
         token = secrets.token_urlsafe(24)
     app = make_app(project_dir, token=token)
+    _check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"Labeling page: http://{shown}:{port}/" + (f"?token={token}" if token else ""), flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+    print(f"Labeling page: http://{shown}:{port}/" + (f"#token={token}" if token else ""), flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
+                log_config=_log_config())
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .cli import add_annotate_arguments, annotate_options
+
     p = argparse.ArgumentParser(prog="python -m todal.project.server", description=serve.__doc__)
-    p.add_argument("project", help="the project folder (holds project.db)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
-    p.add_argument("--token", default=None)
-    p.add_argument("--quiet", action="store_true")
+    add_annotate_arguments(p)
     a = p.parse_args(argv)
     try:
-        serve(a.project, host=a.host, port=a.port, token=a.token, quiet=a.quiet)
+        serve(a.project, **annotate_options(a))
     except TodalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

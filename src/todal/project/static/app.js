@@ -288,10 +288,41 @@
     if (first) loadProgress();
   }
 
+  // The printed URL carries the token in its fragment (#token=...), which the browser never sends to a
+  // server: trade it once for the HttpOnly cookie, and drop it from the address bar and the history.
+  async function login() {
+    const token = new URLSearchParams(location.hash.slice(1)).get("token");
+    if (token === null) return true;
+    history.replaceState(null, "", location.pathname + location.search);
+    try {
+      const r = await fetch("/api/session", {method: "POST", headers: {authorization: `Bearer ${token}`},
+                                             credentials: "same-origin"});
+      if (r.ok) return true;
+      const data = await r.json().catch(() => ({}));
+      halt(data.error || `The server answered ${r.status}.`);
+    } catch (e) {
+      halt("The server is unreachable; reload the page when it runs again.");
+    }
+    return false;
+  }
+
+  // The page cannot start (no token, a wrong one): say so where the image would be, and offer no actions.
+  function halt(text) {
+    showError(text);
+    for (const b of document.querySelectorAll(".actions button, #who-change")) b.disabled = true;
+    const title = document.createElement("h2");
+    title.textContent = "Cannot start";
+    const line = document.createElement("p");
+    line.textContent = text;
+    $("empty").replaceChildren(title, line);
+    $("empty").hidden = false;
+  }
+
   async function start() {
+    if (!(await login())) return;
     const r = await fetch("/api/config", {credentials: "same-origin"});
     const data = await r.json().catch(() => ({}));
-    if (!r.ok) { showError(data.error || `The server answered ${r.status}.`); return; }
+    if (!r.ok) { halt(data.error || `The server answered ${r.status}.`); return; }
     config = data;
     document.title = `${config.name} · todal annotate`;
     $("project").textContent = config.name;
