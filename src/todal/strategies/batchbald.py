@@ -22,15 +22,18 @@ from . import register
 from .base import Context, RowWriter, Strategy, bounded
 from .bayesian import has_dropout, stochastic_chunks
 
-BLOCK_BYTES = 2**25  # one block of `[M, b, C]` joint probabilities and their p log p; cache-sized blocks run faster
+BLOCK_BYTES = 2**23  # one block of `[M, b, C]` joint probabilities and their p log p; cache-sized blocks run faster
 
 
-def conditional_entropies(log_probs: Tensor, chunk: int = 8192) -> Tensor:
-    """`[N, K, C]` log-probabilities -> `[N]` float64 mean over the K passes of H[p(y | x, w_k)]."""
-    out = torch.empty(len(log_probs), dtype=torch.float64, device=log_probs.device)
-    for s in range(0, len(log_probs), chunk):
-        p = log_probs[s : s + chunk].double().exp()
-        out[s : s + chunk] = torch.special.entr(p).sum((1, 2)) / log_probs.shape[1]
+def conditional_entropies(log_probs: Tensor, chunk: int | None = None) -> Tensor:
+    """`[N, K, C]` log-probabilities -> `[N]` float64 mean over the K passes of H[p(y | x, w_k)], `chunk`
+    candidates at a time (None: blocks of `BLOCK_BYTES`)."""
+    N, K, C = log_probs.shape
+    chunk = chunk or max(1, BLOCK_BYTES // (8 * K * C))
+    out = torch.empty(N, dtype=torch.float64, device=log_probs.device)
+    for s in range(0, N, chunk):
+        p = log_probs[s : s + chunk].double().exp_()
+        out[s : s + chunk] = torch.special.entr(p, out=p).sum((1, 2)) / K
     return out
 
 
@@ -73,13 +76,17 @@ def joint_entropies(log_probs: Tensor, joint: Tensor, weights: Tensor, *, chunk:
     configurations `(joint [M, K], weights [M])` (see `configurations`), `chunk` candidates at a time (None:
     blocks of `BLOCK_BYTES`), on the device of `joint`."""
     N, K, C = log_probs.shape
-    b = chunk or max(1, BLOCK_BYTES // (8 * C * (2 * len(joint) + 2 * K)))
+    M = len(joint)
+    b = min(N, chunk or max(1, BLOCK_BYTES // (8 * C * (2 * M + 2 * K))))
     joint, weights = joint / K, -weights
     out = torch.empty(N, dtype=torch.float64, device=joint.device)
+    buffers = torch.empty(2, M * b * C, dtype=torch.float64, device=joint.device)  # reused: no heap churn
     for s in range(0, N, b):
         p = log_probs[s : s + b].to(joint.device, torch.float64).exp_()  # (b, K, C)
-        pair = joint @ p.transpose(0, 1).reshape(K, -1)  # (M, b*C): p(y^m, y_x = c) = mean_k p(y^m|w_k) p(c|x, w_k)
-        plogp = torch.log(pair).mul_(pair).nan_to_num_(0.0)  # 0 log 0 = 0; faster than special.entr
+        pair, plogp = buffers[:, : M * len(p) * C].view(2, M, -1)
+        # (M, b*C): p(y^m, y_x = c) = mean_k p(y^m | w_k) p(c | x, w_k)
+        torch.matmul(joint, p.transpose(0, 1).reshape(K, -1), out=pair)
+        torch.log(pair, out=plogp).mul_(pair).nan_to_num_(0.0)  # 0 log 0 = 0; faster than special.entr
         out[s : s + b] = (weights @ plogp).view(-1, C).sum(1)
     return out
 
@@ -89,7 +96,7 @@ def batchbald_select(log_probs: Tensor, k: int, *, num_samples: int = 1000, gene
     """Greedy BatchBALD over `[N, K, C]` log-probabilities (K consistent MC dropout passes): positions `[k]`
     in the order picked and `[k]` float64 scores, score i = a(x_1..x_i).
 
-    `chunk` candidates at a time (None: blocks of 32 MiB), on `device` (None: that of `log_probs`); sampled
+    `chunk` candidates at a time (None: blocks of 8 MiB), on `device` (None: that of `log_probs`); sampled
     configurations draw from `generator` (CPU). Memory besides `log_probs`: a few `[N]` float64 vectors, the
     `[M, K]` configurations (M <= num_samples) and one block, never `[N, M, C]`.
     """
