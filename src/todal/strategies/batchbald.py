@@ -77,7 +77,7 @@ def joint_entropies(log_probs: Tensor, joint: Tensor, weights: Tensor, *, chunk:
     blocks of `BLOCK_BYTES`), on the device of `joint`."""
     N, K, C = log_probs.shape
     M = len(joint)
-    b = min(N, chunk or max(1, BLOCK_BYTES // (8 * C * (2 * M + 2 * K))))
+    b = max(1, min(N, chunk or BLOCK_BYTES // (8 * C * (2 * M + 2 * K))))
     joint, weights = joint / K, -weights
     out = torch.empty(N, dtype=torch.float64, device=joint.device)
     buffers = torch.empty(2, M * b * C, dtype=torch.float64, device=joint.device)  # reused: no heap churn
