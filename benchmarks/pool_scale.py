@@ -35,7 +35,7 @@ from todal.testing import SyntheticPool
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "pool-scale"
 ALL = ["random", "entropy", "margin", "least_confidence", "cod", "emaod", "coreset", "badge", "mc_dropout", "bald",
-       "qbc", "ll4al", "vaal", "sraal", "ta_vaal", "uncertaingcn", "coregcn"]
+       "batchbald", "qbc", "ll4al", "vaal", "sraal", "ta_vaal", "uncertaingcn", "coregcn"]
 LABELED, K, CLASSES, SIZE = 1000, 1000, 10, 16
 
 

@@ -71,5 +71,6 @@ def describe() -> list[dict]:
 # Registration order is the order `todal strategies` lists them in.
 from . import random, uncertainty, discrepancy  # noqa: E402,F401
 from . import coreset, bayesian, learning_loss, adversarial, graph, committee, badge  # noqa: E402,F401
+from . import batchbald  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "Context", "Strategy", "ScoreStrategy", "top_k", "register", "get", "names", "describe"]
