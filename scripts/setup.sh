@@ -15,6 +15,9 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   fi
 fi
 .venv/bin/python -m pip install -q -e ".[dev]"
+# The BatchBALD reference implementation, for tests only: its own requirements (torchvision, a CUDA torch) would
+# replace the CPU torch, so it comes without them; its imports beyond torch (toma, psutil) are in the dev extra.
+.venv/bin/python -m pip install -q --no-deps "batchbald_redux==2.0.5"
 # Debian packages: Fashion-MNIST (real-data benchmark and end-to-end test), Chromium (browser tests of
 # the labeling page).
 need=()
