@@ -28,7 +28,7 @@ from todal import models
 from todal.atomic import write_json, write_text
 from todal.bench.runner import trial_pool
 from todal.bench.suite import device_name, git_commit, load_for
-from todal.loop import generator, seeded
+from todal.engine import generator, seeded
 from todal.tasks import Classification
 from todal.train import TrainConfig, evaluate, fit
 
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     for which, size in sizes.items():
         labeled = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:size]
         for epochs in candidates:
-            cfg = TrainConfig(**{**p.train_config(), "epochs": epochs})
+            cfg = TrainConfig(**{**p.train.to_dict(), "epochs": epochs})
             with seeded(0, "model"):
                 model = models.get(p.model, in_channels=pool.in_channels, num_classes=pool.num_classes,
                                    **p.model_options)

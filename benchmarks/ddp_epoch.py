@@ -28,6 +28,7 @@ def child() -> None:
     import torch
 
     from todal import EMA, TrainConfig, distributed, fit, models
+    from todal.objectives import Eq7Consistency
     from todal.data import load_dataset
     from todal.tasks import Classification
 
@@ -43,8 +44,8 @@ def child() -> None:
     for epoch in range(EPOCHS):
         t0 = time.perf_counter()
         fit(model, Classification(10), train, labeled, cfg=TrainConfig(epochs=1, batch_size=64, lr=0.05),
-            generator=torch.Generator().manual_seed(epoch), unlabeled=unlabeled, ema=ema, consistency="eq7",
-            lam=0.05, consistency_reduction="mean")
+            generator=torch.Generator().manual_seed(epoch), unlabeled=unlabeled, ema=ema,
+            consistency=Eq7Consistency(ema.model, 0.05, reduction="mean", teacher_train_mode=False))
         distributed.barrier()
         times.append(time.perf_counter() - t0)
     if distributed.is_main():

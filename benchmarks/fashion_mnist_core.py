@@ -32,6 +32,8 @@ from todal.atomic import write_json, write_text
 from todal.bench.suite import device_name
 from todal.data import load_dataset
 from todal.ema import EMA
+from todal.models import ModelSource
+from todal.objectives import Eq7Consistency
 from todal.inference import predict
 from todal.plots import learning_curve
 from todal.results import compare_table, summarize
@@ -54,8 +56,8 @@ def label(name: str, semi: bool, decay: float = 0.999) -> str:
 
 def make_loop(train, test, name, semi, seed, work: Path, device: str = "cpu", decay: float = 0.999) -> ActiveLoop:
     p = PROTOCOL
-    return ActiveLoop(p["model"], train, test, strategy=name, semi_supervised=semi, initial=p["initial"],
-                      budget=p["budget"], cycles=p["cycles"], train=p["train"], model_options=p["model_options"],
+    return ActiveLoop(ModelSource(p["model"], p["model_options"]), train, test, strategy=name, semi_supervised=semi,
+                      initial=p["initial"], budget=p["budget"], cycles=p["cycles"], train=p["train"],
                       workdir=work / f"{label(name, semi, decay)}-seed{seed}".replace(" α=", "-alpha"), seed=seed,
                       device=device, ema_decay=decay, progress=True)
 
@@ -111,7 +113,8 @@ def timings(train, test, work: Path, device: str = "cpu") -> dict:
         ema = EMA(m)
         t0 = time.perf_counter()
         fit(m, Classification(10), train, labeled, cfg=cfg, generator=torch.Generator().manual_seed(0),
-            unlabeled=unl if semi else None, ema=ema, consistency="eq7" if semi else None, device=loop.device)
+            unlabeled=unl if semi else None, ema=ema, device=loop.device,
+            consistency=Eq7Consistency(ema.model, reduction="sum", teacher_train_mode=False) if semi else None)
         sync()
         return time.perf_counter() - t0
 

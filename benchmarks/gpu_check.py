@@ -29,6 +29,7 @@ from todal import ActiveLoop, TrainConfig, fit, models
 from todal.atomic import write_json
 from todal.data import ArrayDataset
 from todal.inference import predict
+from todal.models import ModelSource
 from todal.tasks import Classification
 
 OUT = Path(__file__).resolve().parent / "gpu-check"
@@ -99,8 +100,9 @@ def cycles(device: torch.device, root: str | None, strategy: str, semi: bool, *,
     train_set, test_set = read_fashion_mnist(root, download=False)
     if quick:  # the same path at a size a CPU runs in seconds
         train_set, test_set = train_set.subset(torch.arange(3000)), test_set.subset(torch.arange(300))
-    loop = ActiveLoop(model, train_set, test_set, strategy=strategy, semi_supervised=semi, initial=initial,
-                      budget=budget, cycles=n_cycles, train=train, model_options=options, score_subset=score_subset,
+    loop = ActiveLoop(ModelSource(model, options), train_set, test_set, strategy=strategy, semi_supervised=semi, initial=initial,
+                      budget=budget, cycles=n_cycles, train=train,
+                      flavor={"name": "default", **({"score_subset": score_subset} if score_subset else {})},
                       device=device, workdir=workdir, seed=0)
     t0 = time.perf_counter()
     records = loop.run()

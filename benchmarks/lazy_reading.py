@@ -26,6 +26,7 @@ from todal.atomic import write_json, write_text
 from todal.bench.suite import device_name
 from todal.data import load_dataset
 from todal.inference import predict
+from todal.objectives import Eq7Consistency
 from todal.tasks import Classification
 
 OUT = Path(__file__).resolve().parent / "lazy-reading"
@@ -75,7 +76,8 @@ def main() -> None:
             def epoch():
                 fit(model, Classification(10), ds, torch.arange(LABELED), cfg=TrainConfig(epochs=1, batch_size=64),
                     generator=torch.Generator().manual_seed(0), unlabeled=torch.arange(LABELED, 2 * LABELED),
-                    ema=EMA(model, 0.999), consistency="eq7", lam=0.05, consistency_reduction="mean")
+                    ema=(ema := EMA(model, 0.999)), consistency=Eq7Consistency(ema.model, 0.05, reduction="mean",
+                                                                              teacher_train_mode=False))
 
             rows[workers] = {"inference_s": best_of(infer, 2), "epoch_s": best_of(epoch, 2)}
             print(workers, rows[workers], flush=True)

@@ -27,7 +27,7 @@ from todal.bench.suite import device_name
 from todal.data import load_dataset
 from todal.ema import EMA
 from todal.inference import fetch
-from todal.objectives import tod_consistency
+from todal.objectives import Eq7Consistency, tod_consistency
 from todal.tasks import get_task
 from todal.train import TrainConfig, fit
 
@@ -49,7 +49,8 @@ def per_step(train, task, model_name, cfg, semi: bool, steps: int) -> float:
     unlabeled = torch.arange(len(labeled), min(len(train), len(labeled) + 2000))
     t0 = time.perf_counter()
     stats = fit(model, task, train, labeled, cfg=cfg, generator=torch.Generator().manual_seed(0),
-                unlabeled=unlabeled if semi else None, ema=ema, consistency="eq7" if semi else None)
+                unlabeled=unlabeled if semi else None, ema=ema,
+                consistency=Eq7Consistency(ema.model, reduction="sum", teacher_train_mode=False) if semi else None)
     return (time.perf_counter() - t0) / stats["steps"]
 
 
@@ -85,7 +86,7 @@ def components(train, task, model_name, cfg, repeats: int) -> dict:
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             t = ema.model(x)
-        tod_consistency(model(x), t).backward()
+        tod_consistency(model(x), t, "sum").backward()
 
     return {"fetch_batch_s": timed(lambda: fetch(train, idx)), "augment_s": timed(lambda: aug(*fetch(train, idx))),
             "student_forward_backward_s": timed(fwd_bwd), "teacher_forward_s": timed(teacher_fwd),

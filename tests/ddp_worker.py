@@ -1,9 +1,13 @@
 """A data-parallel ActiveLoop on localhost with gloo, for tests/test_distributed.py (run as a script).
 
     python tests/ddp_worker.py WORKDIR STRATEGY WORLD [--crash-rank R --crash-cycle C] [--flavor F]
+                               [--fail-select] [--local-dirs]
 
 WORLD processes (1: no process group) run the same ActiveLoop on WORKDIR; rank 0 writes the records
-to WORKDIR/out.json. With --crash-rank, that rank dies (os._exit) when training of cycle C starts.
+to WORKDIR/out.json. With --crash-rank, that rank dies (os._exit) when training of cycle C starts. With
+--fail-select, rank 0's selection raises a RuntimeError; with --local-dirs each rank gets its own run
+directory (as on machines without a shared filesystem). A rank that stops on a TodalError writes its
+message to WORKDIR/error-rank<R>.txt and exits with 2.
 """
 
 import argparse
@@ -21,6 +25,7 @@ import torch.multiprocessing as mp
 sys.path.insert(0, str(Path(__file__).parent))
 from tinydata import blobs, mlp  # noqa: E402
 
+import todal  # noqa: E402
 import todal.loop  # noqa: E402
 from todal import ActiveLoop  # noqa: E402
 
@@ -44,7 +49,20 @@ def worker(rank: int, world: int, port: int, args) -> None:
             return real(*a, **kw)
 
         todal.engine.fit = dying
-    records = make(args.workdir, args.strategy, args.flavor).run()
+    if args.fail_select and rank == 0:
+        from todal.strategies.base import Strategy
+
+        def broken(self, ctx, k):
+            raise RuntimeError("selection broke on rank 0\nsecond line")
+
+        cls = type(todal.strategies.get(args.strategy))
+        cls._select = broken
+    workdir = str(Path(args.workdir) / f"rank{rank}") if args.local_dirs else args.workdir
+    try:
+        records = make(workdir, args.strategy, args.flavor).run()
+    except todal.TodalError as e:
+        Path(args.workdir, f"error-rank{rank}.txt").write_text(str(e))
+        sys.exit(2)
     if rank == 0:
         Path(args.workdir, "out.json").write_text(json.dumps(records))
     if world > 1:
@@ -69,6 +87,8 @@ if __name__ == "__main__":
     ap.add_argument("--crash-rank", type=int, default=None)
     ap.add_argument("--crash-cycle", type=int, default=1)
     ap.add_argument("--flavor", default="default")
+    ap.add_argument("--fail-select", action="store_true")
+    ap.add_argument("--local-dirs", action="store_true")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     if args.world == 1:

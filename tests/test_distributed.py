@@ -50,3 +50,20 @@ def test_a_rank_dying_mid_cycle_resumes(tmp_path):
     strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in rs]  # noqa: E731
     assert strip(resumed) == strip(ref)
 
+
+
+def test_an_error_on_rank_0_stops_every_rank_with_the_same_line(tmp_path):
+    """A rank-0-only strategy (coreset) raising something other than a TodalError: every rank stops with the
+    same one-line error at once, instead of the others waiting on a collective until it times out."""
+    p = run(tmp_path, "coreset", 2, "--fail-select", check=False)
+    assert p.returncode != 0
+    errors = [(tmp_path / f"error-rank{r}.txt").read_text() for r in (0, 1)]
+    assert errors[0] == errors[1] == "rank 0 failed: RuntimeError: selection broke on rank 0"
+
+
+def test_a_run_directory_not_every_rank_sees_is_refused_on_every_rank(tmp_path):
+    p = run(tmp_path, "random", 2, "--local-dirs", check=False)
+    assert p.returncode != 0
+    errors = [(tmp_path / f"error-rank{r}.txt").read_text() for r in (0, 1)]
+    assert errors[0] == errors[1] and "is not on a filesystem every rank sees (rank 1 cannot read" in errors[0]
+    assert not (tmp_path / "rank0" / "config.json").exists()  # refused before anything was written

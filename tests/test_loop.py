@@ -24,9 +24,9 @@ def strip(records):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
 
 
-def make(workdir, strategy="cod", semi=True, seed=0, **kw):
+def make(workdir, strategy="cod", semi=True, seed=0, cycles=3, **kw):
     return ActiveLoop(mlp, blobs(150, 0), blobs(60, 1), strategy=strategy, semi_supervised=semi, initial=20,
-                      budget=10, cycles=3, epochs=3, train={"batch_size": 8, "lr": 0.05}, workdir=workdir,
+                      budget=10, cycles=cycles, epochs=3, train={"batch_size": 8, "lr": 0.05}, workdir=workdir,
                       seed=seed, **kw)
 
 
@@ -500,3 +500,28 @@ def test_flavor_choices_a_run_never_uses_do_not_make_it_a_different_run(tmp_path
         make(tmp_path / "semi", flavor={"teacher_train_mode": True}).run()
     with pytest.raises(TodalError, match="different configuration .*flavor"):  # a choice COD uses
         make(tmp_path / "plain", semi=False, flavor={"first_cycle_lowest": False}).run()
+
+
+class _Payload:
+    """What a malicious checkpoint holds: unpickling it would run os.system (here: touch a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_holding_code_is_refused_and_never_run(tmp_path):
+    """Checkpoints load weights only: opening a run directory someone else made never runs what it holds."""
+    run = tmp_path / "run"
+    make(run, cycles=2).run()
+    marker = tmp_path / "ran"
+    path = run / "checkpoints" / "cycle_1.pt"
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "strategy": _Payload(marker)}, path)
+    with pytest.raises(TodalError, match=r"cycle_1.pt is not a weights-only checkpoint .*never runs code from a file"):
+        make(run, cycles=3).run()
+    with pytest.raises(TodalError, match="is not a weights-only checkpoint"):
+        make(run, cycles=2).model(1)
+    assert not marker.exists()

@@ -134,7 +134,7 @@ def check_shared(folder) -> None:
     from .errors import TodalError
 
     folder = Path(folder)
-    token = broadcast(secrets.token_hex(8) if is_main() else None)
+    token, shown = broadcast((secrets.token_hex(8), str(folder)) if is_main() else None)
     marker = folder / f".todal-shared-{token}"
     if is_main():
         folder.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def check_shared(folder) -> None:
         marker.unlink(missing_ok=True)
     blind = [r for r, ok in enumerate(views) if not ok]
     if blind:
-        raise TodalError(f"The run directory {folder} is not on a filesystem every rank sees (rank "
+        raise TodalError(f"The run directory {shown} is not on a filesystem every rank sees (rank "
                          f"{', '.join(map(str, blind))} cannot read what rank 0 wrote there); put it on a shared "
                          "filesystem (e.g. NFS) that every machine mounts at the same path, or run in one process.")
 

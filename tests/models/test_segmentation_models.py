@@ -79,12 +79,19 @@ def test_second_head_and_dropout_options():
 
 def test_mc_dropout_helpers_work_through_the_linear_head(segcnn):
     assert models.head_of(segcnn) is segcnn.head
-    noisy = models.with_dropout(segcnn, 0.5)
     x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        before = segcnn.eval()(x)
+    weights = {k: v.clone() for k, v in segcnn.state_dict().items()}
+    noisy = models.with_dropout(segcnn, 0.5)
     with torch.no_grad(), models.dropout_active(noisy):
         assert not torch.equal(noisy(x), noisy(x))
+    # the original is untouched: no dropout layer of p=0.5 added to it, its weights and eval outputs the same
+    assert segcnn.drop is not noisy.drop and not any(isinstance(m, torch.nn.Dropout) and m.p == 0.5
+                                                     for m in segcnn.modules())
+    assert all(torch.equal(v, segcnn.state_dict()[k]) for k, v in weights.items())
     with torch.no_grad():
-        assert torch.equal(segcnn(x), segcnn(x))  # the original is untouched
+        assert torch.equal(segcnn.eval()(x), before)
 
 
 def test_drn_loads_the_authors_trunk_weights(tmp_path):

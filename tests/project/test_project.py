@@ -478,3 +478,21 @@ def test_a_semi_supervised_step_trains_with_the_default_flavors_tod_loss(tmp_pat
     assert isinstance(unsup, Eq7Consistency) and seen["unlabeled"] is not None
     assert (unsup.lam, unsup.reduction, unsup.teacher_train_mode) == (
         default.lam, default.consistency_reduction, default.teacher_train_mode)
+
+
+def test_a_project_checkpoint_holding_code_is_refused_and_never_run(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    project.step(budget=20, strategy="cod")
+    answer_queue(project, truth)
+    path = project.root / "checkpoints" / "step_1.pt"
+    torch.save({**torch.load(path, weights_only=True), "ema": Payload()}, path)
+    with pytest.raises(TodalError, match=r"step_1.pt is not a weights-only checkpoint"):
+        project.step(budget=20, strategy="cod")
+    with pytest.raises(TodalError, match=r"step_1.pt is not a weights-only checkpoint"):
+        project.model(1)
+    assert not (tmp_path / "ran").exists()
