@@ -120,10 +120,11 @@ def main() -> None:
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
            "torch_threads": torch.get_num_threads()}
     res["write_png_s"] = round(write_pngs(x, work / "images"), 2)
-    truth = {f"part{i // 1000:03d}/{i:05d}.png": train.classes[int(truth_idx[i])] for i in range(n)}
+    classes = [c.replace("/", "-") for c in train.classes]  # a class name is a folder name in exports
+    truth = {f"part{i // 1000:03d}/{i:05d}.png": classes[int(truth_idx[i])] for i in range(n)}
 
     t0 = time.perf_counter()
-    project, report = Project.init(work / "project", work / "images", train.classes, size=28, seed_batch=args.seed_batch,
+    project, report = Project.init(work / "project", work / "images", classes, size=28, seed_batch=args.seed_batch,
                                    model_options={"width": 0.5},
                                    train={"epochs": args.epochs, "batch_size": 64, "lr": 0.05})
     init_s = time.perf_counter() - t0

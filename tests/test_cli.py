@@ -136,3 +136,21 @@ def test_first_cycle_reaches_the_flavor(tmp_path):
                  *FAST]) == 0
     flavor = json.loads((paper / "config.json").read_text())["flavor"]
     assert flavor["name"] == "paper" and flavor["first_cycle_lowest"] is True
+
+
+def test_training_flags_come_from_trainconfig_and_reach_the_run(tmp_path, capsys):
+    work = tmp_path / "r"
+    assert main(["run", "--workdir", str(work), "--baseline", "none", "--lr-drop-at", "0.5", "--precision", "fp32",
+                 "--no-channels-last", "--lam", "0.2", *FAST]) == 0
+    config = json.loads((work / "config.json").read_text())
+    assert (config["train"]["lr_drop_at"], config["train"]["precision"], config["train"]["channels_last"]) == (
+        0.5, "fp32", False)
+    assert config["flavor"]["lam"] == 0.2 and config["flavor"]["name"] == "default"
+    assert main(["run", "--workdir", str(tmp_path / "bad"), "--lr-drop-at", "2", *FAST]) == 2
+    assert "The 'lr_drop_at' parameter of TrainConfig must be a float in (0, 1]. Got 2.0." in capsys.readouterr().err
+
+
+def test_models_lists_the_built_in_models(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("resnet18") and "small_cnn" in out and "seg_cnn" in out

@@ -63,10 +63,11 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="a strategy option, e.g. --option passes=10 (given to every strategy of the command that "
                         "takes it), or NAME.KEY=VALUE for one strategy only (--option mc_dropout.passes=10); repeatable")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    settings.add_flags(p, TrainConfig, defaults={"epochs": "per dataset", "batch_size": "per dataset",
-                                                 "lr": "per dataset", "optimizer": "per dataset"})
-    settings.add_flags(p, Flavor, skip=("name",), defaults={f: "the flavor's" for f in
-                                                            [x.name for x in settings.fields_of(Flavor)]})
+    settings.add_flags(p, TrainConfig, "training (todal.TrainConfig)",
+                       defaults={"epochs": "per dataset", "batch_size": "per dataset", "lr": "per dataset",
+                                 "optimizer": "per dataset"})
+    settings.add_flags(p, Flavor, "TOD's choices (todal.flavor.Flavor; unset: the --flavor's)", skip=("name",),
+                       defaults={f.name: "the flavor's" for f in settings.fields_of(Flavor)})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default=None, help="output folder (default: runs/compare-<dataset>)")
 
     sub.add_parser("strategies", help="list the strategies")
+    sub.add_parser("models", help="list the built-in models (any of them is a --model)")
     bench_cli.add_parser(sub)
     project_cli.add_parsers(sub)
     return ap
@@ -233,6 +235,14 @@ def cmd_strategies(args, argv) -> None:
             print(f"{'':<{width}}  options: {opts}")
 
 
+def cmd_models(args, argv) -> None:
+    from . import models
+
+    for name in models.names():
+        doc = (models.REGISTRY.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:<12}  {doc[0] if doc else ''}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
@@ -245,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.active() and args.command in project_cli.COMMANDS and args.command not in ("step", "status"):
             raise TodalError(f"todal {args.command} runs in one process; run it without torchrun (of the "
                              "labeling commands only `todal step` trains data-parallel).")
-        commands = {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies, "bench": bench_cli.run}
+        commands = {"run": cmd_run, "compare": cmd_compare, "strategies": cmd_strategies, "models": cmd_models,
+                    "bench": bench_cli.run}
         if args.command in project_cli.COMMANDS:
             project_cli.COMMANDS[args.command](args)
         else:

@@ -39,11 +39,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_flags(parser: argparse.ArgumentParser, cls, *, defaults: dict | None = None, skip=()) -> None:
-    """One flag per setting of `cls`, defaulting to None (unset: the preset's or the class's value). `defaults`
-    names the value the help shows where a preset sets one."""
-    group = parser.add_argument_group(f"{cls.__name__} ({cls.__doc__.splitlines()[0].rstrip('.')})"
-                                      if cls.__doc__ else cls.__name__)
+def add_flags(parser: argparse.ArgumentParser, cls, title: str, *, defaults: dict | None = None, skip=()) -> None:
+    """One flag per setting of `cls` under `title`, defaulting to None (unset: the preset's or the class's
+    value). `defaults` names the value the help shows where a preset sets one."""
+    group = parser.add_argument_group(title)
     for f in fields_of(cls):
         if f.name in skip:
             continue

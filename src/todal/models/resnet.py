@@ -54,4 +54,5 @@ class ResNet18(Classifier):
 
 @register("resnet18")
 def resnet18(*, in_channels: int, num_classes: int, **kw) -> ResNet18:
+    """ResNet-18 with the CIFAR stem (the paper's classifier, appendix B)."""
     return ResNet18(in_channels, num_classes, **kw)

@@ -192,9 +192,11 @@ class SegCNN(Segmenter):
 
 @register("drn_d_22")
 def drn_d_22(*, in_channels: int, num_classes: int, **kw) -> DRND22:
+    """DRN-D-22, the paper's segmentation net (output stride 8)."""
     return DRND22(in_channels, num_classes, **kw)
 
 
 @register("seg_cnn")
 def seg_cnn(*, in_channels: int, num_classes: int, **kw) -> SegCNN:
+    """A small encoder-decoder for segmentation on a CPU (options: width)."""
     return SegCNN(in_channels, num_classes, **kw)

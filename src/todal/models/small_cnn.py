@@ -45,4 +45,5 @@ class SmallCNN(Classifier):
 
 @register("small_cnn")
 def small_cnn(*, in_channels: int, num_classes: int, **kw) -> SmallCNN:
+    """A small CNN for 8-64 px images on a CPU (options: width, norm="batch"|"group")."""
     return SmallCNN(in_channels, num_classes, **kw)

@@ -57,7 +57,7 @@ def add_parsers(sub) -> None:
                    help="1 (grayscale) or 3 (RGB); auto: grayscale when the files are")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    settings.add_flags(p, TrainConfig, defaults=PROJECT_TRAIN)
+    settings.add_flags(p, TrainConfig, "training of every step (todal.TrainConfig)", defaults=PROJECT_TRAIN)
 
     add_annotate_arguments(sub.add_parser("annotate", help="the labeling web page for a project's queue"))
 
@@ -70,7 +70,8 @@ def add_parsers(sub) -> None:
                    help="a strategy option, e.g. --option passes=10; repeatable")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    settings.add_flags(p, TrainConfig, defaults={f.name: "the project's" for f in settings.fields_of(TrainConfig)})
+    settings.add_flags(p, TrainConfig, "training of this step (todal.TrainConfig)",
+                       defaults={f.name: "the project's" for f in settings.fields_of(TrainConfig)})
 
     p = sub.add_parser("status", help="labels, per-class counts, accuracy estimate and queue of a project")
     p.add_argument("project")
