@@ -94,20 +94,23 @@ def on_device(dataset, device: torch.device, *, share: float = DEVICE_SHARE):
     """`dataset` with its inputs moved to `device` once (`DeviceInputs`), where that is possible and
     pays: a CUDA device, inputs held in one tensor (`ArrayDataset`, a 2-tensor `TensorDataset`, either
     inside `PoolLabels`) taking at most `share` of the device's free memory. Else `dataset` itself."""
+    if device.type == "cpu":
+        return dataset  # already there
     base = dataset
-    while isinstance(base, DatasetView):  # PoolLabels: labels kept apart
+    while isinstance(base, DatasetView) and not hasattr(base, "features"):  # PoolLabels: labels kept apart
         base = base.dataset
-    if isinstance(base, TensorDataset) and len(base.tensors) == 2:
+    if hasattr(base, "features"):  # a frozen backbone's embeddings (todal.models.frozen.Embedded) are the inputs
+        import numpy as np
+
+        x = torch.from_numpy(np.ascontiguousarray(base.features, dtype=np.float32))
+    elif isinstance(base, TensorDataset) and len(base.tensors) == 2:
         x = base.tensors[0]
     else:
         x = getattr(base, "x", None) if hasattr(base, "batch") else None
     if not isinstance(x, Tensor) or getattr(base, "train_pair_transform", None) is not None:
         return dataset
-    if device.type == "cuda":
-        if x.nbytes > share * torch.cuda.mem_get_info(device)[0]:
-            return dataset
-    elif device.type == x.device.type:
-        return dataset  # already there
+    if device.type == "cuda" and x.nbytes > share * torch.cuda.mem_get_info(device)[0]:
+        return dataset
     return DeviceInputs(dataset, x.to(device))
 
 

@@ -131,7 +131,8 @@ class LoopConfig:
 # LoopConfig keys added after runs were already made: a saved config without one is not compared on it
 LATER_KEYS = ("model_arch", "augment")
 # TrainConfig fields added after runs were made, with the behaviour those runs had
-TRAIN_BEFORE_OPTIONS = {"precision": "auto", "channels_last": None, "compile": False, "sync_bn": False}
+TRAIN_BEFORE_OPTIONS = {"precision": "auto", "channels_last": None, "compile": False, "sync_bn": False,
+                        "backbone_lr": None}
 # configuration values a finished or running run may change: they only shape the cycles still to come
 EXTENDABLE = ("cycles", "budget")
 
@@ -278,8 +279,13 @@ class ActiveLoop:
             workdir = self._tmp.name
         self.workdir = Path(workdir)
         self.checkpoints = Checkpoints(self.workdir / "checkpoints")
+        if self.source.frozen and self.task_name == "segmentation":
+            raise TodalError("A frozen backbone trains a classification head on one feature vector per image; for "
+                             "segmentation train the whole model (frozen=False).")
         self._engine: Engine | None = None
         self._config: LoopConfig | None = None
+        self._num_classes: int | None = None
+        self._data: tuple | None = None
 
     # --- what run() resolves first ----------------------------------------------------------------
     @property
@@ -296,22 +302,49 @@ class ActiveLoop:
 
     @property
     def num_classes(self) -> int:
-        return self.engine.num_classes
+        if self._num_classes is None:
+            self._num_classes = int(self.num_classes_given or getattr(self.train_set, "num_classes", 0)
+                                    or infer_num_classes(self.train_set))
+        return self._num_classes
+
+    @property
+    def data(self) -> tuple:
+        """`(train, test)` as the models read them: the datasets, or with a frozen backbone their embeddings."""
+        self.engine  # noqa: B018 - a frozen backbone embeds the data when the engine is built
+        return self._data
 
     @property
     def engine(self) -> Engine:
-        """The cycle's pieces for this run (built on first use: counts the classes)."""
+        """The cycle's pieces for this run (built on first use: counts the classes; a frozen backbone embeds
+        every sample once, into `workdir/embeddings/`)."""
         if self._engine is None:
-            num_classes = int(self.num_classes_given or getattr(self.train_set, "num_classes", 0)
-                              or infer_num_classes(self.train_set))
-            task = get_task(self.task_name, num_classes)
+            task = get_task(self.task_name, self.num_classes)
             batch = self.eval_batch_size or default_eval_batch_size(self.train_set, isinstance(task, Segmentation))
-            self._engine = Engine(self.source, task, self.strategy, flavor=self.flavor, train=self.train_cfg,
+            source, in_channels = self.source, getattr(self.train_set, "in_channels", 1)
+            self._data = (self.train_set, self.test_set)
+            if self.source.frozen:
+                source, self._data = self._embed(in_channels, batch)
+            self._engine = Engine(source, task, self.strategy, flavor=self.flavor, train=self.train_cfg,
                                   semi=self.semi_supervised, seeds=Seeds(self.seed, models="model"),
-                                  in_channels=getattr(self.train_set, "in_channels", 1), num_classes=num_classes,
-                                  ema_decay=self.ema_decay, device=self.device, batch_size=batch,
-                                  augment=self._augmentation(), workdir=self.workdir, progress=self.progress)
+                                  in_channels=in_channels, num_classes=self.num_classes, ema_decay=self.ema_decay,
+                                  device=self.device, batch_size=batch, augment=self._augmentation(),
+                                  workdir=self.workdir, progress=self.progress)
         return self._engine
+
+    def _embed(self, in_channels: int, batch: int):
+        """The frozen backbone's head source and the embedded train and test sets (cached in the run directory)."""
+        from .engine import seeded
+        from .models.frozen import Embedded, HeadSource, cache_key, embed_dataset
+
+        with seeded(self.seed, "model", "backbone"):
+            backbone = self.source.build(in_channels=in_channels, num_classes=self.num_classes)
+        key = cache_key(self.source, {"dataset": self.dataset_name, "train": len(self.train_set),
+                                      "test": len(self.test_set)})
+        folder = self.workdir / "embeddings"
+        parts = [Embedded(ds, embed_dataset(backbone, ds, folder / f"{key}-{split}.npy", batch_size=batch,
+                                            device=self.device, progress=self.progress))
+                 for ds, split in ((self.train_set, "train"), (self.test_set, "test"))]
+        return HeadSource(self.source, int(parts[0].features.shape[1])), tuple(parts)
 
     @property
     def config(self) -> LoopConfig:
@@ -327,7 +360,7 @@ class ActiveLoop:
                 semi_supervised=self.semi_supervised, initial=self.initial, budget=self.budget, cycles=self.cycles,
                 seed=self.seed, task=self.task_name, flavor=asdict(self.flavor), reinit=self.reinit,
                 ema_decay=self.ema_decay, train=self.train_cfg.to_dict(), model=self.source.name,
-                model_options=dict(self.source.options), eval_batch_size=engine.batch_size,
+                model_options=self.source.recorded_options(), eval_batch_size=engine.batch_size,
                 dataset={"name": self.dataset_name, "train_size": len(self.train_set), "test_size": len(self.test_set),
                          "num_classes": engine.num_classes},
                 model_arch=architecture(probe),
@@ -343,7 +376,7 @@ class ActiveLoop:
         if self.augment is False:
             from .inference import test_transform
 
-            return test_transform(self.train_set)
+            return test_transform(self._data[0])
         return self.augment
 
     def _probe(self, model: nn.Module) -> None:
@@ -351,15 +384,20 @@ class ActiveLoop:
         (inputs the model cannot take, fewer outputs than classes, test labels the training set lacks)."""
         from .inference import test_transform
 
-        x = fetch(self.train_set, torch.arange(min(2, len(self.train_set))))[0]
+        train = self.data[0]
+        x = fetch(train, torch.arange(min(2, len(train))))[0]
         try:
             with torch.no_grad():
-                out = model.eval()(test_transform(self.train_set)(x))
+                out = model.eval()(test_transform(train)(x))
         except Exception as e:  # the user's model: any error, told with the input shape
             raise TodalError(f"The model fails on the training set's inputs of shape {list(x.shape)} ({type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}); images must be [N, C, H, W] (channels first: "
                              "x.permute(0, 3, 1, 2) for HWC) and match the model's input.") from None
-        num_classes = self.engine.num_classes
+        num_classes = self.num_classes
+        if not self.dense and (not isinstance(out, torch.Tensor) or out.dim() != 2):
+            got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TodalError(f"The model's output is {got}, not [B, C] logits; a classifier must return one row of "
+                             f"{num_classes} class scores per sample (wrap it: return its logits tensor).")
         if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.shape[1] != num_classes:
             raise TodalError(f"The model outputs {out.shape[1]} scores per sample but the data has {num_classes} "
                              f"classes; build it with {num_classes} outputs (or pass num_classes=).")
@@ -553,7 +591,7 @@ class ActiveLoop:
     def given(self, pool: Pool) -> PoolLabels:
         """The training set with the labels the oracle gave (the only labels training and selection read):
         class labels from the pool; masks from the oracle, which the pool does not keep."""
-        return PoolLabels(self.train_set, self.oracle.label if pool.dense else pool.labels)
+        return PoolLabels(self.data[0], self.oracle.label if pool.dense else pool.labels)
 
     def _train(self, pool: Pool, prog: dict) -> None:
         c, engine = prog["cycle"], self.engine
@@ -576,7 +614,7 @@ class ActiveLoop:
     def _evaluate(self, pool: Pool, prog: dict) -> None:
         c = prog["cycle"]
         model, _ = self.engine.restore(self._load(f"cycle_{c}.pt"))
-        m = self.engine.evaluate(model, self.test_set)
+        m = self.engine.evaluate(model, self.data[1])
         n = len(pool)
         pending = {"cycle": c, "labeled": n, "labeled_fraction": n / pool.size, **m}
         if c == self.cycles - 1:
@@ -601,7 +639,7 @@ class ActiveLoop:
         labeled = pool.labeled
         labels = LabelMaps(self.given(pool), labeled) if pool.dense else pool.labels[labeled]
         t0 = time.perf_counter()
-        chosen = engine.select(model, ema, self.train_set, labeled=labeled, labels=labels, unlabeled=pool.unlabeled,
+        chosen = engine.select(model, ema, self.data[0], labeled=labeled, labels=labels, unlabeled=pool.unlabeled,
                                budget=self.budget, cycle=c, n=c, previous=self._previous(c)).indices
         dt = time.perf_counter() - t0
         self.checkpoints.save(f"strategy_{c}.pt", engine.strategy.state_dict())

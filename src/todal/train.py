@@ -50,6 +50,9 @@ class TrainConfig:
                                          "channels-last memory format (None: on CUDA for image batches)")
     compile: bool = setting(False, Bool(), "torch.compile the model's forward for training")
     sync_bn: bool = setting(False, Bool(), "data-parallel runs: BatchNorm statistics over the whole batch (GPUs)")
+    backbone_lr: float | None = setting(None, Real(lo=0, optional=True, expected="a float >= 0 or None"),
+                                        "learning rate of a model's backbone (None: lr/10 for a pretrained one, "
+                                        "else lr)")
 
     def __post_init__(self):
         check(self)
@@ -67,6 +70,21 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return to_dict(self)
+
+
+def param_groups(model: nn.Module, extra: list, cfg: TrainConfig) -> list[dict]:
+    """The optimizer's parameter groups: a model with a `backbone` (todal.models.pretrained) trains it at
+    `cfg.backbone_lr` (default: lr/10 when the backbone is pretrained) and the rest (its head, `extra`) at lr."""
+    from .models.source import PRETRAINED_LR_SCALE
+
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        return [{"params": list(model.parameters()) + list(extra)}]
+    lr = cfg.backbone_lr if cfg.backbone_lr is not None else \
+        cfg.lr * (PRETRAINED_LR_SCALE if getattr(model, "pretrained", False) else 1.0)
+    inside = {id(p) for p in backbone.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) in inside], "lr": lr},
+            {"params": [p for p in model.parameters() if id(p) not in inside] + list(extra)}]
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -280,7 +298,7 @@ def fit(
     for obj in objectives:
         obj.attach(model)
         obj.train(True)
-    opt = make_optimizer(list(model.parameters()) + [p for obj in objectives for p in obj.parameters()], cfg)
+    opt = make_optimizer(param_groups(model, [p for obj in objectives for p in obj.parameters()], cfg), cfg)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(round(cfg.lr_drop_at * cfg.epochs))],
                                                  gamma=cfg.lr_drop)
     data = _Batches(dataset, labeled, unlabeled if unsup is not None else None, cfg, generator, device)
