@@ -47,7 +47,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits",
                    help="digits (embedded), fashion-mnist, cifar10, cifar100, svhn, PATH.npz or an image folder")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
-    p.add_argument("--model", default=None, help="a model name of `todal models` (default: per dataset)")
+    p.add_argument("--model", default=None,
+                   help="a built-in name (`todal models`), MODULE:FUNCTION, hf:ID_OR_DIR, torchvision:NAME or timm:NAME "
+                        "(default: per dataset)")
+    p.add_argument("--weights", default=None, help="a .safetensors or .pt state dict loaded into the model")
+    p.add_argument("--frozen", action="store_true",
+                   help="keep the model's backbone fixed: embed every sample once, train a head on the embeddings")
     p.add_argument("--cycles", type=int, default=7)
     p.add_argument("--initial", type=_size, default=0.1, help="initial labeled set: fraction or count")
     p.add_argument("--budget", type=_size, default=0.05, help="labels per cycle: fraction or count")
@@ -151,7 +156,8 @@ def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path, optio
     train_set, test_set = data
     d = defaults_for(args.dataset, train_set)
     train = {**d["train"], **settings.given(args, TrainConfig)}
-    model = ModelSource(args.model or d["model"], d["model_options"] if args.model in (None, d["model"]) else {})
+    model = ModelSource(args.model or d["model"], d["model_options"] if args.model in (None, d["model"]) else {},
+                        weights=args.weights, frozen=args.frozen)
     return ActiveLoop(model, train_set, test_set, strategy=strategies.get(strategy, **options),
                       semi_supervised=semi, task=args.task or default_task(train_set),
                       eval_batch_size=d.get("eval_batch_size"), initial=args.initial, budget=args.budget,

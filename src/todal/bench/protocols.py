@@ -47,6 +47,8 @@ class Protocol:
     strategy_options: options per strategy name, e.g. {"qbc": {"scope": "all"}}.
     flavor_overrides: single flavor choices for every run (`todal.flavor.Flavor` fields), e.g.
         {"first_cycle_lowest": true} for the authors' first COD selection (benchmarks/cod-first-cycle).
+    model, model_options, model_weights, frozen: the model source (`todal.models.ModelSource`): a built-in
+        name, MODULE:FUNCTION, hf:ID_OR_DIR, torchvision:NAME or timm:NAME, a weights file, a frozen backbone.
     pool_size: each trial draws its own seeded random subset of this many training samples as its pool
         (fractions of `initial`/`budget` are of it); None: the whole training set.
     """
@@ -55,6 +57,8 @@ class Protocol:
     model: str
     task: str = "classification"
     model_options: dict = field(default_factory=dict)
+    model_weights: str | None = None
+    frozen: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     initial: int | float = 0.1
     budget: int | float = 0.05
@@ -188,6 +192,10 @@ def _coerce(key: str, text: str, default):
     if key == "lam":
         return check_number(key, owner, value, lo=0, lo_open=True, optional=True,
                             expected="a float > 0, or null for the flavor's")
+    if key == "model_weights":
+        if value is not None and not isinstance(value, str):
+            raise param_error(key, owner, "a path to a weights file, or null", value)
+        return value
     if key in ("analysis_pool", "eval_batch_size", "score_subset", "pool_size"):
         return check_int(key, owner, value, lo=1, optional=True, expected="an int >= 1 or null")
     if isinstance(default, bool):

@@ -125,7 +125,8 @@ def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out:
               **({"consistency": "cyclic"} if method.cyclic else {}), **(flavor_overrides or {}),
               **({"lam": float(lam)} if lam is not None else {}),
               **({"score_subset": p.score_subset} if p.score_subset is not None else {})}
-    return ActiveLoop(ModelSource(p.model, dict(p.model_options)), trial_pool(p, train_set, trial), test_set,
+    source = ModelSource(p.model, dict(p.model_options), weights=p.model_weights, frozen=p.frozen)
+    return ActiveLoop(source, trial_pool(p, train_set, trial), test_set,
                       strategy=strategies.get(method.strategy, **p.strategy_options.get(method.strategy, {})),
                       semi_supervised=method.semi, initial=p.initial, budget=p.budget, cycles=p.cycles, seed=trial,
                       flavor=flavor, train=p.train,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from .. import settings
@@ -46,9 +47,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--images", required=True, help="the folder of images")
     p.add_argument("--classes", required=True, help="comma-separated class names, e.g. cat,dog,bird")
     p.add_argument("--labels", default=None, help="a CSV of labels you already have: path,label rows")
-    p.add_argument("--model", default="small_cnn", help="small_cnn or resnet18 (default small_cnn)")
+    p.add_argument("--model", default=None,
+                   help="a built-in name (`todal models`), MODULE:FUNCTION, hf:ID_OR_DIR, torchvision:NAME or timm:NAME "
+                        "(default small_cnn; on an existing project: the project's, or a replacement)")
+    p.add_argument("--weights", default=None, help="a .safetensors or .pt state dict loaded into the model")
+    p.add_argument("--frozen", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep a pretrained backbone fixed: embed every image once, train a head (fast on a CPU)")
     p.add_argument("--width", type=float, default=None, help="small_cnn width multiplier (default 1.0)")
-    p.add_argument("--size", type=int, default=32, help="model input size in pixels; images are resized (default 32)")
+    p.add_argument("--size", type=int, default=None,
+                   help="model input side in pixels; images are resized (default: the pretrained model's, else 32)")
     p.add_argument("--seed-batch", type=int, default=100, help="size of the first, random batch to label (default 100)")
     p.add_argument("--holdout", type=float, default=0.2,
                    help="fraction of each random batch kept for validation, never trained on (default 0.2)")
@@ -101,12 +108,14 @@ def _pct(v) -> str:
 def cmd_init(args) -> None:
     from .core import Project
 
-    opts = {"width": args.width} if args.width is not None else {}
+    opts = {"width": args.width} if args.width is not None else None
     project, report = Project.init(args.project, args.images, args.classes, labels=args.labels, model=args.model,
-                                   model_options=opts, size=args.size, seed=args.seed, seed_batch=args.seed_batch,
+                                   model_options=opts, weights=args.weights, frozen=args.frozen, size=args.size,
+                                   seed=args.seed, seed_batch=args.seed_batch,
                                    holdout=args.holdout, task=args.task, channels=args.channels,
                                    train=settings.given(args, TrainConfig) or None, progress=not args.quiet)
     print("\n".join(report.lines()))
+    print(project.model_line())
     prog = project.store.progress()
     print(f"project {project.root}: {project.store.num_samples()} images, classes {', '.join(project.classes)}; "
           f"{prog['queued']} queued to label.")
@@ -157,7 +166,7 @@ def cmd_status(args) -> None:
     print(f"queue: {st['queue']['waiting']} waiting; latest batch {b['done']} of {b['size']} done")
     rows = [r for r in st["steps"] if r["step"] > 0]
     if rows:
-        print("step  labels  strategy  holdout accuracy (95% interval, n)")
+        print("step  labels  strategy  holdout accuracy (95% interval, n)       top guess = the label given (n)")
         for r in rows:
             if r["state"] != "done":
                 print(f"{r['step']:>4}  {'':>6}  {r['strategy']:<8}  (unfinished: run `todal step` again)")
@@ -166,7 +175,9 @@ def cmd_status(args) -> None:
                    f"{_pct(r['val_accuracy'])} ({_pct(r['val_low'])}-{_pct(r['val_high'])}, n={r['val_size']})")
             if "val_miou" in r:
                 acc = f"mIoU {_pct(r['val_miou'])} (n={r['val_size']})"
-            print(f"{r['step']:>4}  {r['labeled']:>6}  {r['strategy']:<8}  {acc}")
+            guess = "-" if r.get("guess_accuracy") is None else \
+                f"{_pct(r['guess_accuracy'])} (n={r['guesses_answered']})"
+            print(f"{r['step']:>4}  {r['labeled']:>6}  {r['strategy']:<8}  {acc:<40} {guess}")
     if st["learning_curve"]:
         print(f"learning curve: {st['learning_curve']}")
 

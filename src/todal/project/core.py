@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +35,9 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..atomic import write_with
+from ..atomic import write_json, write_with
 from ..ema import DEFAULT_DECAY
-from ..engine import Checkpoints, Engine, Seeds, generator
+from ..engine import Checkpoints, Engine, Seeds, generator, seeded
 from ..errors import Int, Real, TodalError, check_choice, check_int, validate
 from ..flavor import flavor_for
 from ..inference import predict
@@ -105,6 +106,43 @@ def _classes(classes) -> list[str]:
     return names
 
 
+def _model_setup(asked: dict, task: str, num_classes: int, channels: str, images: Path, mode: str | None = None
+                 ) -> dict:
+    """The project's model and input from what `todal init` was given, checked before any image is decoded: the
+    model is built once and run on a blank batch at the input side (the errors a step would hit later: an unknown
+    spec, a factory without a module, weights that do not fit, an output that is not [B, C])."""
+    source = ModelSource(asked["model"], dict(asked.get("model_options") or {}), weights=asked.get("weights"),
+                         frozen=bool(asked.get("frozen")))
+    if source.frozen and task != "classification":
+        raise TodalError("A frozen backbone trains a classification head; for segmentation drop --frozen.")
+    spec = source.input_spec()
+    size = asked.get("size") or (spec.size if spec else 32)
+    size = validate("todal init", _INIT_RULES, size=size)["size"]
+    if spec is not None:
+        mode = "RGB" if spec.channels == 3 else "L"
+    elif mode is None:
+        mode = guess_mode(images, scan(images)) if channels == "auto" else ("L" if channels == "1" else "RGB")
+    in_channels = 1 if mode == "L" else 3
+    with seeded(0, "project", "probe"):
+        model = source.build(in_channels=in_channels, num_classes=num_classes)
+    x = torch.zeros(2, in_channels, size, size)
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except Exception as e:  # the user's model: any error, told with the input shape
+        raise TodalError(f"The model fails on {size}x{size} images of {in_channels} channel(s) ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160] if str(e) else ''}); pass --size for the side it takes, or "
+                         "--channels.") from None
+    want = [2, num_classes] if task == "classification" else [2, num_classes, size, size]
+    got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != want:
+        raise TodalError(f"The model's output on a batch of 2 images is {got}, not {want} ({num_classes} classes); "
+                         f"build it with {num_classes} outputs, returning the logits tensor.")
+    return {"model": source.name, "model_options": dict(source.options), "weights": source.weights,
+            "weights_sha256": source.recorded_options().get("weights_sha256"), "frozen": source.frozen,
+            "size": size, "mode": mode, "input": spec.to_dict() if spec else None}
+
+
 class Project:
     """An open labeling project (see the module docstring). `Project.init(...)` makes one."""
 
@@ -122,16 +160,25 @@ class Project:
 
     # --- creating and indexing ----------------------------------------------------------------
     @classmethod
-    def init(cls, root, images, classes, *, labels: str | Path | None = None, model: str = "small_cnn",
-             model_options: dict | None = None, size: int = 32, seed: int = 0, seed_batch: int = 100,
-             holdout: float = 0.2, task: str = "classification", channels: str = "auto",
-             train: dict | None = None, progress: bool = False) -> tuple["Project", IndexReport]:
+    def init(cls, root, images, classes, *, labels: str | Path | None = None, model: str | None = None,
+             model_options: dict | None = None, weights: str | None = None, frozen: bool | None = None,
+             size: int | None = None, seed: int = 0, seed_batch: int = 100, holdout: float = 0.2,
+             task: str = "classification", channels: str = "auto", train: dict | None = None,
+             progress: bool = False) -> tuple["Project", IndexReport]:
         """Create the project (or, when it exists, index the folder again: new files are added,
-        moved/changed/missing ones reported) and queue a random seed batch the first time."""
+        moved/changed/missing ones reported) and queue a random seed batch the first time.
+
+        model: a model source (`todal.models.ModelSource`: a built-in name, MODULE:FUNCTION, hf:ID_OR_DIR, ...;
+        default small_cnn), with `weights` and `frozen`; its input decides the side and channels the images are
+        cached at (a pretrained model's own, else `size`, default 32). On an existing project a model, weights,
+        frozen or size given anew replaces the project's: the next step starts that model afresh, and the cache is
+        rebuilt at its side."""
         root, images = Path(root), Path(images).expanduser().resolve()
         classes = _classes(classes)
         if not images.is_dir():
             raise TodalError(f"Image folder {images} does not exist; pass --images with a folder of images.")
+        given = {k: v for k, v in (("model", model), ("model_options", model_options), ("weights", weights),
+                                   ("frozen", frozen), ("size", size)) if v is not None}
         if (root / DB_NAME).exists():
             project = cls(root)
             if project.classes != classes:
@@ -140,19 +187,17 @@ class Project:
             if project.images != images:
                 raise TodalError(f"This project indexes {project.images}, not {images}; pass --images "
                                  f"{project.images}, or start a new project.")
+            if given:
+                project._change_model(given)
         else:
             check_choice("task", "todal init", task, ("classification", "segmentation"))
             check_choice("channels", "todal init", channels, ("auto", "1", "3"))
-            size, holdout, seed_batch = validate("todal init", _INIT_RULES, size=size, holdout=holdout,
-                                                 seed_batch=seed_batch).values()
-            ModelSource(model, dict(model_options or {}))  # an unknown model names the valid ones
+            holdout, seed_batch = validate("todal init", _INIT_RULES, holdout=holdout, seed_batch=seed_batch).values()
             TrainConfig(**{**PROJECT_TRAIN, **(train or {})})  # refuses bad settings before anything is written
-            paths = scan(images)
-            mode = guess_mode(images, paths) if channels == "auto" else ("L" if channels == "1" else "RGB")
+            setup = _model_setup({"model": "small_cnn", **given}, task, len(classes), channels, images)
             root.mkdir(parents=True, exist_ok=True)
             Store.create(root / DB_NAME, {
-                "classes": classes, "task": task, "images": str(images), "name": root.resolve().name,
-                "model": model, "model_options": dict(model_options or {}), "size": size, "mode": mode,
+                "classes": classes, "task": task, "images": str(images), "name": root.resolve().name, **setup,
                 "seed": int(seed), "seed_batch": seed_batch, "holdout": float(holdout),
                 "train": {**PROJECT_TRAIN, **(train or {})}, "created": time.time()})
             project = cls(root)
@@ -163,6 +208,38 @@ class Project:
             if not project.store.steps():
                 project._seed_batch()
         return project, report
+
+    def model_line(self) -> str:
+        """What `todal init` says of the model and the input it gets."""
+        m, spec = self.meta, self.meta.get("input")
+        line = (f"model {m['model']}" + (f" with weights {m['weights']}" if m.get("weights") else "")
+                + (" (frozen backbone: a head is trained on its embeddings)" if m.get("frozen") else "")
+                + f"; images at {m['size']}x{m['size']} {'RGB' if m['mode'] == 'RGB' else 'grayscale'}")
+        if spec:
+            line += f", normalized with the model's own mean {spec['mean']} and std {spec['std']}"
+        if m["mode"] == "RGB" and guess_mode(self.images, scan(self.images)) == "L":
+            line += "; the images are grayscale and are converted to RGB for this 3-channel model"
+        return line + "."
+
+    def _change_model(self, given: dict) -> None:
+        """A model, weights, frozen or side given anew to `todal init` on this project: checked like a new one;
+        when it differs, recorded as the project's model from the next step on (which starts it afresh)."""
+        keys = ("model", "model_options", "weights", "frozen", "size")
+        now = {k: self.meta.get(k) for k in keys}
+        asked = {**now, **given}
+        if "model" in given and "model_options" not in given:
+            asked["model_options"] = {}
+        if "model" in given and "weights" not in given:
+            asked["weights"] = None
+        if "model" in given and "size" not in given:
+            asked["size"] = None  # the new model's own side
+        setup = _model_setup(asked, self.task, len(self.classes), "auto", self.images,
+                             mode=self.meta["mode"] if "model" not in given else None)
+        if all(setup.get(k) == self.meta.get(k) for k in setup):
+            return
+        with self._lock("todal init"):
+            self.store.set_meta(**setup, model_epoch=int(self.meta.get("model_epoch", 0)) + 1)
+        self.meta = self.store.meta()
 
     @property
     def cache(self) -> ImageCache:
@@ -185,6 +262,7 @@ class Project:
         blank = np.zeros((1 if mode == "L" else 3, size, size), dtype=np.uint8)
         start = self.store.num_samples()  # new files take the next ids, in folder order
         cache = self.cache
+        cached = len(cache)  # rows already decoded at the project's side and mode
         for d in read_files(self.images, on_disk, size, mode, progress=progress):
             status = "ok" if d.pixels is not None else "unreadable"
             if d.error is not None:
@@ -197,8 +275,8 @@ class Project:
                     updates.append((i, d.path, d.sha256, d.bytes, status))
                 else:
                     report.unchanged += 1
-                if d.pixels is not None and (sha != d.sha256 or old_status != "ok"):
-                    pixels[i] = d.pixels
+                if d.pixels is not None and (sha != d.sha256 or old_status != "ok" or i >= cached):
+                    pixels[i] = d.pixels  # new content, or a cache at a new side or mode being rebuilt
             else:
                 moved_from = next((i for i in by_sha.get(d.sha256, []) if i in gone), None)
                 if moved_from is not None:
@@ -261,24 +339,78 @@ class Project:
             yield
 
     def _dataset(self) -> FolderImages:
+        spec = self.meta.get("input")
         return FolderImages(self.cache, len(self.classes), classes=self.classes, name=self.meta["name"],
-                            task=self.task)
+                            task=self.task, stats=(spec["mean"], spec["std"]) if spec else None)
 
     @property
     def source(self) -> ModelSource:
-        """Where the project's models come from (`todal init --model`)."""
-        return ModelSource(self.meta["model"], dict(self.meta["model_options"]))
+        """Where the project's models come from (`todal init --model`, `--weights`, `--frozen`)."""
+        return ModelSource(self.meta["model"], dict(self.meta["model_options"]), weights=self.meta.get("weights"),
+                           frozen=bool(self.meta.get("frozen", False)))
+
+    @property
+    def in_channels(self) -> int:
+        return 1 if self.meta["mode"] == "L" else 3
 
     def engine(self, strategy: Strategy, *, semi: bool = False, train: TrainConfig | None = None,
-               device: torch.device | None = None, progress: bool = False) -> Engine:
-        """The engine's cycle for this project: the default flavor, its models, the random streams its steps
-        have always used."""
-        return Engine(self.source, get_task(self.task, len(self.classes)), strategy, flavor=FLAVOR,
+               device: torch.device | None = None, progress: bool = False, source=None) -> Engine:
+        """The engine's cycle for this project: the default flavor, its models (`source`, default the project's;
+        a frozen backbone's head source), the random streams its steps have always used."""
+        return Engine(source or self.source, get_task(self.task, len(self.classes)), strategy, flavor=FLAVOR,
                       train=train or TrainConfig(**self.meta["train"]), semi=semi,
                       seeds=Seeds(self.meta["seed"], models="project", prefix="project-"),
-                      in_channels=1 if self.meta["mode"] == "L" else 3, num_classes=len(self.classes),
+                      in_channels=self.in_channels, num_classes=len(self.classes),
                       ema_decay=DEFAULT_DECAY, device=device or torch.device("cpu"), batch_size=256,
                       workdir=self.root, progress=progress, unit="step")
+
+    def backbone(self) -> nn.Module:
+        """The project's model as built from its source (a frozen project: the backbone that embeds the images)."""
+        with seeded(self.meta["seed"], "project", "backbone"):
+            return self.source.build(in_channels=self.in_channels, num_classes=len(self.classes))
+
+    def embedded(self, device: torch.device | None = None, progress: bool = False):
+        """A frozen project's images as the backbone's features, `(Embedded dataset, head source)`: computed once
+        per image into `cache/embed-<key>.npy` (the key: the backbone, its weights and input), only for images
+        new or changed since."""
+        import json as _json
+
+        from ..models.frozen import Embedded, HeadSource, cache_key, embed_rows, probe_dim
+
+        device = device or torch.device("cpu")
+        data = self._dataset()
+        key = cache_key(self.source, {"size": self.meta["size"], "mode": self.meta["mode"],
+                                      "input": self.meta.get("input")})
+        folder = self.root / "cache"
+        path, side = folder / f"embed-{key}.npy", folder / f"embed-{key}.json"
+        samples = self.store.samples()
+        digests = [sha[:16] if st == "ok" else "" for _, _, sha, _, st, _ in samples]
+        done = _json.loads(side.read_text())["rows"] if side.exists() and path.exists() else []
+        todo = [i for i, d in enumerate(digests) if d and (i >= len(done) or done[i] != d)]
+        if todo:
+            backbone = self.backbone()
+            dim = np.load(path, mmap_mode="r").shape[1] if path.exists() else probe_dim(backbone, data, device)
+            if not path.exists() or np.load(path, mmap_mode="r").shape[0] < len(samples):
+                grown = folder / f".embed-{key}.grow.npy"
+                out = np.lib.format.open_memmap(grown, mode="w+", dtype=np.float32, shape=(len(samples), dim))
+                if path.exists():
+                    old = np.load(path, mmap_mode="r")
+                    out[: len(old)] = old
+                out.flush()
+                del out
+                os.replace(grown, path)
+            out = np.load(path, mmap_mode="r+")
+            embed_rows(backbone, data, torch.tensor(todo), out, batch_size=256, device=device, progress=progress)
+            out.flush()
+            del out
+            write_json(side, {"key": key, "rows": [d if i >= len(done) or i in set(todo) else done[i]
+                                                   for i, d in enumerate(digests)]})
+            for stale in folder.glob("embed-*.npy"):  # another backbone's: rebuilt if it ever comes back
+                if stale != path:
+                    stale.unlink(missing_ok=True)
+                    stale.with_suffix(".json").unlink(missing_ok=True)
+        features = np.load(path, mmap_mode="r")
+        return Embedded(data, features), HeadSource(self.source, int(features.shape[1]))
 
     @property
     def checkpoints(self) -> Checkpoints:
@@ -339,6 +471,9 @@ class Project:
         from_dict(TrainConfig, train, "train")  # a bad setting is refused before anything is written
         config = {"strategy": strategy, "options": dict(options or {}), "budget": budget, "semi": bool(semi),
                   "train": train}
+        epoch = int(self.meta.get("model_epoch", 0))
+        if epoch:  # the project's model was replaced (todal init --model ...): the steps since train it
+            config["model_epoch"] = epoch
         dev = distributed.device_for(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
         def begin() -> tuple[int, dict]:
@@ -369,8 +504,12 @@ class Project:
         return torch.tensor([bool(h) for *_, h in self.store.samples()], dtype=torch.bool)
 
     def _run_step(self, s, row, strat, semi, train_cfg, budget, dev, progress) -> dict:
-        engine = self.engine(strat, semi=semi, train=train_cfg, device=dev, progress=progress)
-        data = self._dataset()
+        t0 = time.perf_counter()
+        source, data = None, self._dataset()
+        if self.meta.get("frozen"):
+            data, source = self.embedded(dev, progress)
+        embed_time = time.perf_counter() - t0
+        engine = self.engine(strat, semi=semi, train=train_cfg, device=dev, progress=progress, source=source)
         y, masks = self.labels(row["snapshot"])
         samples = self.store.samples()
         ok = torch.tensor([st == "ok" for _, _, _, _, st, _ in samples], dtype=torch.bool)
@@ -380,14 +519,19 @@ class Project:
         val_ids = (labeled & holdout).nonzero().flatten()
         given = PoolLabels(data, self._mask_reader(masks) if self.task == "segmentation" else y)
         dense = self.task == "segmentation"
+        # the model starts afresh at the first step and at the first after the project's model was replaced
+        epoch = row["config"].get("model_epoch", 0)
+        before = next((r for r in self.store.steps() if r["step"] == s - 1), None)
+        fresh = s == 1 or before is None or before["config"].get("model_epoch", 0) != epoch
+        start_name = "step_0.pt" if s == 1 else f"start_{s}.pt"
         if row["state"] == "started":
-            if s == 1:
+            if fresh:
                 start = engine.initial()
-                self.checkpoints.save("step_0.pt", start)
+                self.checkpoints.save(start_name, start)
             else:
                 start = self._load(s - 1)
             kept = f"strategy_{s - 1}.pt"
-            last = self.checkpoints.load(kept) if self.checkpoints.exists(kept) else None
+            last = self.checkpoints.load(kept) if self.checkpoints.exists(kept) and not fresh else None
             # what the last selection kept (COD: its outputs), if the same strategy made it; else a fresh strategy
             start = {**start, "strategy": last["state"] if last is not None and last["name"] == strat.name else None}
             model, ema = engine.restore(start)
@@ -396,6 +540,8 @@ class Project:
             self.checkpoints.save(f"step_{s}.pt", engine.state(model, ema))
             train_metrics = {"train_loss": stats["loss"], "train_steps": stats["steps"],
                              "train_time_s": round(stats["time_s"], 3), "trained_on": len(train_ids)}
+            if self.meta.get("frozen"):
+                train_metrics["embed_time_s"] = round(embed_time, 3)
             if distributed.is_main():
                 self.store.step_trained(s, str(self._checkpoint(s).relative_to(self.root)), train_metrics)
             distributed.barrier()  # the checkpoint is written before any rank reads it
@@ -419,10 +565,10 @@ class Project:
             queue, scores_time = [], 0.0
         else:
             t2 = time.perf_counter()
-            previous = self._load(s - 1)["model"]
+            previous = self.checkpoints.load(start_name)["model"] if fresh else self._load(s - 1)["model"]
             labels = LabelMaps(given, train_ids) if dense else y[train_ids]
             picked = engine.select(model, ema, data, labeled=train_ids, labels=labels, unlabeled=candidates,
-                                   budget=min(budget, len(candidates)), cycle=s - 1, n=s,
+                                   budget=min(budget, len(candidates)), cycle=0 if fresh else s - 1, n=s,
                                    previous=lambda: engine.model_with(previous))
             chosen, scores = picked.indices, picked.scores
             scores_time = time.perf_counter() - t2
@@ -455,7 +601,14 @@ class Project:
         if not done:
             raise TodalError(f"No step has trained a model yet; run `todal step {self.root}`.")
         step = max(done) if step is None else int(step)
-        return self.engine(get_strategy("random")).model_with(self._load(step)["model"]).eval()
+        weights = self._load(step)["model"]
+        if self.meta.get("frozen"):  # the backbone and the head the step trained on its features, as one model
+            from ..models.frozen import FrozenHead, FrozenModel
+
+            head = FrozenHead(weights["head.weight"].shape[1], len(self.classes))
+            head.load_state_dict(weights)
+            return FrozenModel(self.backbone(), head).eval()
+        return self.engine(get_strategy("random")).model_with(weights).eval()
 
     def dataset(self) -> FolderImages:
         """The project's images as a todal dataset (inputs from the cache; labels come from the store)."""
@@ -557,20 +710,26 @@ class Project:
 
     # --- status -------------------------------------------------------------------------------
     def status(self) -> dict:
-        """Labels so far, per class, the queue, and per step the holdout accuracy with its interval and size."""
+        """Labels so far, per class, the queue, and per step the holdout accuracy with its interval and size, and
+        how often the model's top guess on the queued images was the label the person then gave."""
         prog = self.store.progress()
         samples = self.store.samples()
         counts = {st: 0 for st in ("ok", "missing", "unreadable")}
         for *_, st, _ in samples:
             counts[st] += 1
-        steps = []
+        steps, hits = [], self.store.guess_hits()
         for r in self.store.steps():
             m = r["metrics"] or {}
+            answered, right = hits.get(r["step"], (0, 0))
             steps.append({"step": r["step"], "state": r["state"], "strategy": r["config"].get("strategy"),
                           "labeled": m.get("labeled"), "queued": m.get("queued"),
                           **{k: m.get(k) for k in ("val_accuracy", "val_low", "val_high", "val_size", "val_miou")
                              if k in m},
-                          "train_time_s": m.get("train_time_s"), "score_time_s": m.get("score_time_s")})
+                          "train_time_s": m.get("train_time_s"), "score_time_s": m.get("score_time_s"),
+                          "guesses_answered": answered,
+                          "guess_accuracy": right / answered if answered else None,
+                          "guess_low": wilson(right, answered)[0] if answered else None,
+                          "guess_high": wilson(right, answered)[1] if answered else None})
         return {"project": str(self.root), "images": str(self.images), "task": self.task, "classes": self.classes,
                 "samples": counts, "labeled": prog["labeled"], "unsure": prog["unsure"],
                 "holdout_labeled": sum(1 for s, (k, *_r) in self.store.current().items()

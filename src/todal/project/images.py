@@ -152,16 +152,17 @@ class FolderImages:
     """A project's images as a todal dataset: `batch(idx)` -> `(uint8 [B, C, S, S], -1 labels)`.
 
     It has no labels: training pairs it with the project's labels (`PoolLabels`). Normalization
-    comes from the pool's own statistics; augmentation is the usual random crop (padding S/8) and
+    comes from the model's input (`stats`: mean and std) or else the pool's own statistics; augmentation is the usual random crop (padding S/8) and
     horizontal flip (`hflip=False` for images where left and right differ, e.g. digits).
     """
 
     def __init__(self, cache: ImageCache, num_classes: int, *, classes: Sequence[str], name: str,
-                 hflip: bool = True, task: str = "classification"):
+                 hflip: bool = True, task: str = "classification", stats: tuple | None = None):
         self.cache, self.num_classes, self.classes, self.name = cache, num_classes, list(classes), name
         self.in_channels, self.image_size = cache.channels, (cache.size, cache.size)
         self.crop_padding, self.hflip, self.task = max(1, cache.size // 8), bool(hflip), task
-        self.mean, self.std = self._stats()
+        # a pretrained model's own normalization (its processor's mean and std), else the pool's statistics
+        self.mean, self.std = (tuple(stats[0]), tuple(stats[1])) if stats else self._stats()
         if task == "segmentation":
             from ..data.scenes import PairAugment, SegmentationData
 

@@ -426,6 +426,22 @@ class Store:
                 "queued": pending, "labeled": labeled, "unsure": unsure, "per_class": per_class,
                 "per_annotator": per_annotator}
 
+    def guess_hits(self) -> dict[int, tuple[int, int]]:
+        """Per step, `(answered, hits)`: of the samples it queued with the model's guesses that a person then
+        labeled, how many, and how often the top guess was the class they gave (their current label)."""
+        current = self.current()
+        out: dict[int, list[int]] = {}
+        for step, sample, guesses in self._con().execute("SELECT step, sample, guesses FROM queue WHERE guesses "
+                                                         "IS NOT NULL AND guesses != '[]'"):
+            kind, cls, *_ = current.get(sample, (None, None))
+            if kind != "label" or cls is None:
+                continue
+            top = json.loads(guesses)[0][0]
+            counts = out.setdefault(step, [0, 0])
+            counts[0] += 1
+            counts[1] += int(top == cls)
+        return {step: (n, hits) for step, (n, hits) in sorted(out.items())}
+
     # --- steps --------------------------------------------------------------------------------
     def steps(self) -> list[dict]:
         cols = ("step", "state", "snapshot", "config", "checkpoint", "metrics", "started", "finished")
