@@ -53,6 +53,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None, help="a .safetensors or .pt state dict loaded into the model")
     p.add_argument("--frozen", action="store_true",
                    help="keep the model's backbone fixed: embed every sample once, train a head on the embeddings")
+    p.add_argument("--head-dropout", type=float, default=0.2,
+                   help="--frozen: dropout on the embeddings before the head, the TOD loss's perturbation")
     p.add_argument("--cycles", type=int, default=7)
     p.add_argument("--initial", type=_size, default=0.1, help="initial labeled set: fraction or count")
     p.add_argument("--budget", type=_size, default=0.05, help="labels per cycle: fraction or count")
@@ -157,7 +159,7 @@ def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path, optio
     d = defaults_for(args.dataset, train_set)
     train = {**d["train"], **settings.given(args, TrainConfig)}
     model = ModelSource(args.model or d["model"], d["model_options"] if args.model in (None, d["model"]) else {},
-                        weights=args.weights, frozen=args.frozen)
+                        weights=args.weights, frozen=args.frozen, head_dropout=args.head_dropout)
     return ActiveLoop(model, train_set, test_set, strategy=strategies.get(strategy, **options),
                       semi_supervised=semi, task=args.task or default_task(train_set),
                       eval_batch_size=d.get("eval_batch_size"), initial=args.initial, budget=args.budget,

@@ -344,7 +344,7 @@ class ActiveLoop:
         parts = [Embedded(ds, embed_dataset(backbone, ds, folder / f"{key}-{split}.npy", batch_size=batch,
                                             device=self.device, progress=self.progress))
                  for ds, split in ((self.train_set, "train"), (self.test_set, "test"))]
-        return HeadSource(self.source, int(parts[0].features.shape[1])), tuple(parts)
+        return HeadSource(self.source, int(parts[0].features.shape[1]), self.source.head_dropout), tuple(parts)
 
     @property
     def config(self) -> LoopConfig:

@@ -99,8 +99,8 @@ class Embedded(DatasetView):
 
 def cache_key(source: ModelSource, input_spec: dict | None) -> str:
     """16 hex digits naming a backbone and its input: another backbone, other weights, another input -> another key."""
-    text = json.dumps({"model": source.name, "options": source.recorded_options(), "input": input_spec},
-                      sort_keys=True, default=str)
+    options = {k: v for k, v in source.recorded_options().items() if k != "head_dropout"}  # the head's, not the cache's
+    text = json.dumps({"model": source.name, "options": options, "input": input_spec}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

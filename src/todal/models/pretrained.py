@@ -56,6 +56,7 @@ class Pretrained(Classifier):
                  *, second_head: bool = False, dropout: float = 0.0):
         with torch.no_grad():
             was = backbone.training
+            backbone.eval()  # one blank image through BatchNorm: statistics of a batch of one do not exist
             dim = features(torch.zeros(1, spec.channels, spec.size, spec.size, dtype=torch.float32)).shape[1]
             backbone.train(was)
         super().__init__(int(dim), num_classes, second_head=second_head, dropout=dropout)

@@ -116,12 +116,13 @@ def load_into(model: nn.Module, state: dict, source: str) -> None:
 class ModelSource:
     """A model's origin: `spec` (see the module docstring), the builder's keyword `options` (built-in names), a
     `weights` file loaded into the built model, and `frozen`: the backbone fixed, a head trained on its
-    embeddings."""
+    embeddings with dropout `head_dropout` on them."""
 
     spec: Spec
     options: dict = field(default_factory=dict)
     weights: str | None = None
     frozen: bool = False
+    head_dropout: float = FROZEN_DROPOUT  # frozen: dropout on the embeddings (the TOD loss's perturbation)
 
     def __post_init__(self):
         if isinstance(self.spec, nn.Module):
@@ -146,6 +147,10 @@ class ModelSource:
                                  "state dict.")
             object.__setattr__(self, "weights", str(path.resolve()))
         object.__setattr__(self, "frozen", bool(self.frozen))
+        from ..errors import check_number
+
+        object.__setattr__(self, "head_dropout", check_number("head_dropout", "ModelSource", self.head_dropout, lo=0,
+                                                              hi=1, hi_open=True))
 
     @property
     def kind(self) -> str:
@@ -169,6 +174,8 @@ class ModelSource:
             out["weights_sha256"] = file_sha256(self.weights)
         if self.frozen:
             out["frozen"] = True
+            if self.head_dropout != FROZEN_DROPOUT:
+                out["head_dropout"] = self.head_dropout
         return out
 
     def input_spec(self):

@@ -53,6 +53,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--weights", default=None, help="a .safetensors or .pt state dict loaded into the model")
     p.add_argument("--frozen", action=argparse.BooleanOptionalAction, default=None,
                    help="keep a pretrained backbone fixed: embed every image once, train a head (fast on a CPU)")
+    p.add_argument("--head-dropout", type=float, default=None,
+                   help="--frozen: dropout on the embeddings before the head, the TOD loss's perturbation (default 0.2)")
     p.add_argument("--width", type=float, default=None, help="small_cnn width multiplier (default 1.0)")
     p.add_argument("--size", type=int, default=None,
                    help="model input side in pixels; images are resized (default: the pretrained model's, else 32)")
@@ -110,7 +112,8 @@ def cmd_init(args) -> None:
 
     opts = {"width": args.width} if args.width is not None else None
     project, report = Project.init(args.project, args.images, args.classes, labels=args.labels, model=args.model,
-                                   model_options=opts, weights=args.weights, frozen=args.frozen, size=args.size,
+                                   model_options=opts, weights=args.weights, frozen=args.frozen,
+                                   head_dropout=args.head_dropout, size=args.size,
                                    seed=args.seed, seed_batch=args.seed_batch,
                                    holdout=args.holdout, task=args.task, channels=args.channels,
                                    train=settings.given(args, TrainConfig) or None, progress=not args.quiet)

@@ -42,7 +42,7 @@ from ..errors import Int, Real, TodalError, check_choice, check_int, validate
 from ..flavor import flavor_for
 from ..inference import predict
 from ..labeled import PoolLabels
-from ..models.source import ModelSource
+from ..models.source import FROZEN_DROPOUT, ModelSource
 from ..settings import from_dict
 from ..presets import PROJECT_TRAIN
 from ..strategies import Strategy
@@ -112,7 +112,8 @@ def _model_setup(asked: dict, task: str, num_classes: int, channels: str, images
     model is built once and run on a blank batch at the input side (the errors a step would hit later: an unknown
     spec, a factory without a module, weights that do not fit, an output that is not [B, C])."""
     source = ModelSource(asked["model"], dict(asked.get("model_options") or {}), weights=asked.get("weights"),
-                         frozen=bool(asked.get("frozen")))
+                         frozen=bool(asked.get("frozen")),
+                         head_dropout=FROZEN_DROPOUT if asked.get("head_dropout") is None else asked["head_dropout"])
     if source.frozen and task != "classification":
         raise TodalError("A frozen backbone trains a classification head; for segmentation drop --frozen.")
     spec = source.input_spec()
@@ -140,6 +141,7 @@ def _model_setup(asked: dict, task: str, num_classes: int, channels: str, images
                          f"build it with {num_classes} outputs, returning the logits tensor.")
     return {"model": source.name, "model_options": dict(source.options), "weights": source.weights,
             "weights_sha256": source.recorded_options().get("weights_sha256"), "frozen": source.frozen,
+            "head_dropout": source.head_dropout,
             "size": size, "mode": mode, "input": spec.to_dict() if spec else None}
 
 
@@ -162,7 +164,8 @@ class Project:
     @classmethod
     def init(cls, root, images, classes, *, labels: str | Path | None = None, model: str | None = None,
              model_options: dict | None = None, weights: str | None = None, frozen: bool | None = None,
-             size: int | None = None, seed: int = 0, seed_batch: int = 100, holdout: float = 0.2,
+             head_dropout: float | None = None, size: int | None = None, seed: int = 0, seed_batch: int = 100,
+             holdout: float = 0.2,
              task: str = "classification", channels: str = "auto", train: dict | None = None,
              progress: bool = False) -> tuple["Project", IndexReport]:
         """Create the project (or, when it exists, index the folder again: new files are added,
@@ -178,7 +181,8 @@ class Project:
         if not images.is_dir():
             raise TodalError(f"Image folder {images} does not exist; pass --images with a folder of images.")
         given = {k: v for k, v in (("model", model), ("model_options", model_options), ("weights", weights),
-                                   ("frozen", frozen), ("size", size)) if v is not None}
+                                   ("frozen", frozen), ("head_dropout", head_dropout), ("size", size))
+                 if v is not None}
         if (root / DB_NAME).exists():
             project = cls(root)
             if project.classes != classes:
@@ -224,7 +228,7 @@ class Project:
     def _change_model(self, given: dict) -> None:
         """A model, weights, frozen or side given anew to `todal init` on this project: checked like a new one;
         when it differs, recorded as the project's model from the next step on (which starts it afresh)."""
-        keys = ("model", "model_options", "weights", "frozen", "size")
+        keys = ("model", "model_options", "weights", "frozen", "head_dropout", "size")
         now = {k: self.meta.get(k) for k in keys}
         asked = {**now, **given}
         if "model" in given and "model_options" not in given:
@@ -235,7 +239,9 @@ class Project:
             asked["size"] = None  # the new model's own side
         setup = _model_setup(asked, self.task, len(self.classes), "auto", self.images,
                              mode=self.meta["mode"] if "model" not in given else None)
-        if all(setup.get(k) == self.meta.get(k) for k in setup):
+        earlier = {"weights": None, "weights_sha256": None, "frozen": False, "head_dropout": FROZEN_DROPOUT,
+                   "input": None}  # what projects made before these existed had
+        if all(setup[k] == self.meta.get(k, earlier.get(k)) for k in setup):
             return
         with self._lock("todal init"):
             self.store.set_meta(**setup, model_epoch=int(self.meta.get("model_epoch", 0)) + 1)
@@ -347,7 +353,8 @@ class Project:
     def source(self) -> ModelSource:
         """Where the project's models come from (`todal init --model`, `--weights`, `--frozen`)."""
         return ModelSource(self.meta["model"], dict(self.meta["model_options"]), weights=self.meta.get("weights"),
-                           frozen=bool(self.meta.get("frozen", False)))
+                           frozen=bool(self.meta.get("frozen", False)),
+                           head_dropout=self.meta.get("head_dropout", FROZEN_DROPOUT))
 
     @property
     def in_channels(self) -> int:
@@ -410,7 +417,7 @@ class Project:
                     stale.unlink(missing_ok=True)
                     stale.with_suffix(".json").unlink(missing_ok=True)
         features = np.load(path, mmap_mode="r")
-        return Embedded(data, features), HeadSource(self.source, int(features.shape[1]))
+        return Embedded(data, features), HeadSource(self.source, int(features.shape[1]), self.source.head_dropout)
 
     @property
     def checkpoints(self) -> Checkpoints:
@@ -605,7 +612,7 @@ class Project:
         if self.meta.get("frozen"):  # the backbone and the head the step trained on its features, as one model
             from ..models.frozen import FrozenHead, FrozenModel
 
-            head = FrozenHead(weights["head.weight"].shape[1], len(self.classes))
+            head = FrozenHead(weights["head.weight"].shape[1], len(self.classes), dropout=self.source.head_dropout)
             head.load_state_dict(weights)
             return FrozenModel(self.backbone(), head).eval()
         return self.engine(get_strategy("random")).model_with(weights).eval()
