@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from ..settings import from_dict
 from ..presets import PROJECT_TRAIN
 from ..strategies import Strategy
 from ..strategies import get as get_strategy
+from ..stopping import wilson
 from ..strategies.base import LabelMaps
 from ..tasks import get_task
 from ..train import TrainConfig
@@ -58,16 +58,6 @@ FLAVOR = flavor_for("default")  # λ, Eq. 7's scale and COD's first pick: todal.
 
 _INIT_RULES = {"size": Int(lo=4, hi=1024, expected="an int in [4, 1024] (pixels)"),
                "holdout": Real(lo=0, hi=1, lo_open=True, hi_open=True), "seed_batch": Int(lo=1)}
-
-
-def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion correct/n; (0, 1) for n = 0."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
