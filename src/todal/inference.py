@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
+from .progress import bar
 
 from .errors import TodalError
 
@@ -206,6 +206,6 @@ def predict(
     transform = transform or test_transform(dataset)
     batches = list(chunks(indices, batch_size))
     with eval_mode(model):
-        for idx, x in zip(tqdm(batches, desc=progress, disable=progress is None, leave=False, unit="batch"),
+        for idx, x in zip(bar(batches, progress),
                           read(dataset, batches, inputs_only=True)):
             yield idx, model(transform(x).to(device)).float().cpu()

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import bar as progress_bar
 
 from . import distributed
 from .ema import EMA
@@ -308,7 +308,7 @@ def fit(
         teacher = run.of(unsup.teacher)
 
     t0, steps, epoch_loss, epoch_losses = time.perf_counter(), 0, float("nan"), []
-    bar = tqdm(range(cfg.epochs), desc=progress, disable=progress is None, leave=False, unit="epoch")
+    bar = progress_bar(range(cfg.epochs), progress, unit="epoch", lines=True)
     try:
         for epoch in bar:
             total = torch.zeros((), device=device)  # summed on the device: no host sync per step

@@ -155,24 +155,33 @@ def test_step_trains_on_the_persons_labels(tmp_path):
     assert hits >= 0.8 * len(queued)
 
 
-def test_holdout_is_never_trained_on_and_comes_from_random_batches(tmp_path, monkeypatch):
+def test_holdout_is_never_trained_on_and_every_step_adds_a_random_validation_slice(tmp_path, monkeypatch):
     project, _, truth = make(tmp_path)
     answer_queue(project, truth)
-    seen = {}
+    seen = []
     real = engine.fit
 
     def spy(model, task, data, labeled, **kw):
-        seen["labeled"] = set(labeled.tolist())
+        seen.append(set(labeled.tolist()))
         return real(model, task, data, labeled, **kw)
 
     monkeypatch.setattr(engine, "fit", spy)
-    project.step(budget=20, strategy="cod")
+    m = project.step(budget=20, strategy="cod")
     holdout = {i for i, *_, h in project.store.samples() if h}
-    seed_batch = {s for st, s, _ in project.store._con().execute("SELECT step, sample, rank FROM queue WHERE step = 0")}
-    assert len(holdout) == 12 and holdout <= seed_batch
-    assert not (seen["labeled"] & holdout) and len(seen["labeled"]) == 48
-    active = {it.sample for it in project.store.queued()}
-    assert not (active & holdout) and len(active) == 20
+    rows = project.store._con().execute("SELECT step, sample, rank, strategy, score FROM queue").fetchall()
+    seed_batch = {x for st, x, *_ in rows if st == 0}
+    slice1 = {x for st, x, _, who, _ in rows if st == 1 and who == "validation"}
+    assert len(slice1) == 4 == m["holdout_added"] and holdout == (holdout & seed_batch) | slice1
+    assert len(holdout & seed_batch) == 12 and not (seen[0] & holdout) and len(seen[0]) == 48
+    picks = [(rank, who, score) for st, _, rank, who, score in rows if st == 1]
+    assert sorted(r for r, *_ in picks) == list(range(20))  # one queue: 16 COD picks with 4 validation among them
+    assert [who for _, who, _ in sorted(picks)].count("cod") == 16
+    assert all(score is None for _, who, score in picks if who == "validation")
+    answer_queue(project, truth)
+    m = project.step(budget=20, strategy="cod")
+    assert not (seen[1] & holdout) and m["val_size"] == 16  # the estimate rests on 16 labels now, not 12
+    assert m["stop_kappa"] is not None and m["paired"][2] == 12 and 0 <= m["pool_uncertainty"] <= 1
+    assert m["recommendation"].startswith(("keep labeling", "diminishing returns", "stop"))
 
 
 def test_a_step_killed_midway_resumes_to_the_same_queue(tmp_path, monkeypatch):
@@ -231,8 +240,8 @@ def test_export_and_import_csv(tmp_path):
     rows = [line.split(",") for line in lines[1:]]
     by_path = project.store.ids_by_path()
     assert all(by_path[p] == int(i) and g in CLASSES for i, p, _, g in rows)
-    scores = [float(s) for _, _, s, _ in rows]
-    assert scores == sorted(scores, reverse=True)  # by rank: the most informative first
+    scores = [float(s) for _, _, s, _ in rows if s]  # the validation slice has no score
+    assert len(scores) == 8 and scores == sorted(scores, reverse=True)  # by rank: the most informative first
     # A person's answers: some by path, one by absolute path, problems reported, nothing fatal.
     answers = tmp_path / "answers.csv"
     answers.write_text("path,label,annotator\n"
@@ -496,3 +505,28 @@ def test_a_project_checkpoint_holding_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(TodalError, match=r"step_1.pt is not a weights-only checkpoint"):
         project.model(1)
     assert not (tmp_path / "ran").exists()
+
+
+def test_status_the_page_and_the_curve_give_the_same_estimate_and_a_recommendation(tmp_path, capsys):
+    from todal.cli import main
+
+    project, _, truth = make(tmp_path)
+    for _ in range(3):
+        answer_queue(project, truth)
+        project.step(budget=20, strategy="cod")
+    st = project.status()
+    last = st["steps"][-1]
+    rec = st["recommendation"]
+    assert rec["estimate"] == {k: last[k] for k in ("val_accuracy", "val_low", "val_high", "val_size")}
+    assert last["val_size"] == 20 and rec["verdict"] in ("keep labeling", "diminishing returns", "stop")
+    assert rec["kappa"] == last["stop_kappa"] and rec["gain"] is not None
+    page = project.store.progress()["estimate"]
+    assert (page["accuracy"], page["low"], page["high"], page["n"], page["step"]) == (
+        last["val_accuracy"], last["val_low"], last["val_high"], 20, 3)
+    assert main(["status", str(project.root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith(f"accuracy estimate: {100 * last['val_accuracy']:.1f}% (95% interval")
+    assert out[-1] == f"recommendation: {rec['text']}"
+    assert main(["status", str(project.root), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recommendation"]["text"] == rec["text"]
+    assert (project.root / "learning_curve.png").exists()

@@ -108,7 +108,7 @@ def cache_key(source: ModelSource, input_spec: dict | None) -> str:
 def embed_rows(backbone: nn.Module, dataset, rows: Tensor, out: np.ndarray, *, batch_size: int,
                device: torch.device, progress: bool = False) -> None:
     """Write `embed(backbone, x)` of `rows` of `dataset` into `out[rows]` (eval mode, the test transform)."""
-    from tqdm.auto import tqdm
+    from ..progress import bar
 
     from . import embed
 
@@ -116,7 +116,7 @@ def embed_rows(backbone: nn.Module, dataset, rows: Tensor, out: np.ndarray, *, b
     batches = list(chunks(rows, batch_size))
     backbone.to(device)
     with eval_mode(backbone):
-        for idx, x in zip(tqdm(batches, desc="embed", unit="batch", leave=False, disable=not progress),
+        for idx, x in zip(bar(batches, "embed" if progress else None),
                           read(dataset, batches, inputs_only=True)):
             out[idx.numpy()] = embed(backbone, transform(x).to(device)).float().cpu().numpy()
 

@@ -183,6 +183,13 @@ def cmd_status(args) -> None:
             print(f"{r['step']:>4}  {r['labeled']:>6}  {r['strategy']:<8}  {acc:<40} {guess}")
     if st["learning_curve"]:
         print(f"learning curve: {st['learning_curve']}")
+    rec = st.get("recommendation")
+    if rec:
+        e = rec["estimate"]
+        if e.get("val_accuracy") is not None:
+            print(f"accuracy estimate: {_pct(e['val_accuracy'])} (95% interval {_pct(e['val_low'])}-"
+                  f"{_pct(e['val_high'])}), from {e['val_size']} random validation labels never trained on")
+        print(f"recommendation: {rec['text']}")
 
 
 def cmd_export(args) -> None:

@@ -46,7 +46,7 @@ from ..settings import from_dict
 from ..presets import PROJECT_TRAIN
 from ..strategies import Strategy
 from ..strategies import get as get_strategy
-from ..stopping import wilson
+from ..stopping import StopRule, cohen_kappa, criteria, mean_uncertainty, recommend, wilson
 from ..strategies.base import LabelMaps
 from ..tasks import get_task
 from ..train import TrainConfig
@@ -133,6 +133,22 @@ def _model_setup(asked: dict, task: str, num_classes: int, channels: str, images
             "weights_sha256": source.recorded_options().get("weights_sha256"), "frozen": source.frozen,
             "head_dropout": source.head_dropout,
             "size": size, "mode": mode, "input": spec.to_dict() if spec else None}
+
+
+def _interleave(chosen: torch.Tensor, scores, strategy: str, validation: torch.Tensor) -> list[tuple]:
+    """The queue `(sample, rank, score, strategy)`: the strategy's picks in their order with the validation slice
+    spread evenly among them, so a batch labeled halfway holds its share of validation labels."""
+    a = [((i + 0.5) / len(chosen), int(x), None if scores is None else float(scores[i]), strategy)
+         for i, x in enumerate(chosen.tolist())]
+    b = [((j + 0.5) / len(validation), int(x), None, "validation") for j, x in enumerate(validation.tolist())]
+    merged = sorted(a + b, key=lambda t: t[0])
+    return [(x, r, score, who) for r, (_, x, score, who) in enumerate(merged)]
+
+
+def _signal_row(m: dict) -> dict:
+    """A step's metrics as `todal.stopping.criteria` reads them."""
+    return {"labels": m.get("labeled", 0), "kappa": m.get("stop_kappa"), "uncertainty": m.get("pool_uncertainty"),
+            "paired": m.get("paired")}
 
 
 class Project:
@@ -548,6 +564,7 @@ class Project:
 
         t1 = time.perf_counter()
         val = self._validate(engine, model, given, val_ids)
+        signals = {} if dense else self._signals(model, data, given, val_ids, s, dev)
         t_val = time.perf_counter() - t1
         # Score: every readable sample with no answer, not queued and waiting, not held out.
         answered = torch.zeros(len(samples), dtype=torch.bool)
@@ -558,30 +575,34 @@ class Project:
             if st < s:
                 waiting[sample] = True
         candidates = (ok & ~answered & ~waiting & ~holdout).nonzero().flatten()
-        if len(candidates) == 0:
-            queue, scores_time = [], 0.0
-        else:
+        # a random validation slice of every step's batch, never trained on: the accuracy estimate narrows
+        g = generator(self.meta["seed"], "project-holdout", s)
+        n_val = min(len(candidates), int(round(self.meta["holdout"] * budget)))
+        validation = candidates[torch.randperm(len(candidates), generator=g)[:n_val]].sort().values
+        rest = candidates[~torch.isin(candidates, validation)]
+        k = min(budget - n_val, len(rest))
+        chosen, scores, scores_time = torch.empty(0, dtype=torch.long), None, 0.0
+        if k > 0:
             t2 = time.perf_counter()
             previous = self.checkpoints.load(start_name)["model"] if fresh else self._load(s - 1)["model"]
             labels = LabelMaps(given, train_ids) if dense else y[train_ids]
-            picked = engine.select(model, ema, data, labeled=train_ids, labels=labels, unlabeled=candidates,
-                                   budget=min(budget, len(candidates)), cycle=0 if fresh else s - 1, n=s,
-                                   previous=lambda: engine.model_with(previous))
+            picked = engine.select(model, ema, data, labeled=train_ids, labels=labels, unlabeled=rest, budget=k,
+                                   cycle=0 if fresh else s - 1, n=s, previous=lambda: engine.model_with(previous))
             chosen, scores = picked.indices, picked.scores
             scores_time = time.perf_counter() - t2
-            guesses = self._guesses(model, data, chosen, dev) if not dense else [[] for _ in chosen]
-            queue = [(int(i), r, None if scores is None else float(scores[r]), strat.name, guesses[r])
-                     for r, i in enumerate(chosen)]
-        metrics = {**train_metrics, **val, "labeled": int(labeled.sum()), "queued": len(queue),
+        queue = _interleave(chosen, scores, strat.name, validation)
+        ids = torch.tensor([q[0] for q in queue], dtype=torch.long)
+        guesses = self._guesses(model, data, ids, dev) if not dense and len(ids) else [[] for _ in queue]
+        queue = [(i, r, score, who, guesses[r]) for i, r, score, who in queue]
+        metrics = {**train_metrics, **val, **signals, "labeled": int(labeled.sum()), "queued": len(queue),
                    "strategy": strat.name, "semi": row["config"]["semi"], "validate_time_s": round(t_val, 3),
-                   "score_time_s": round(scores_time, 3)}
-        holdout_new = []
-        if strat.name == "random" and queue:
-            g = generator(self.meta["seed"], "project-holdout", s)
-            pick = torch.tensor([q[0] for q in queue])
-            n_hold = int(round(len(pick) * self.meta["holdout"]))
-            holdout_new = pick[torch.randperm(len(pick), generator=g)[:n_hold]].tolist()
-            metrics["holdout_added"] = len(holdout_new)
+                   "score_time_s": round(scores_time, 3), "holdout_added": len(validation)}
+        history = [_signal_row(r["metrics"]) for r in self.store.steps() if r["state"] == "done" and r["step"] > 0
+                   and r["step"] < s] + [_signal_row(metrics)]
+        if not dense:
+            rule = StopRule()
+            metrics["recommendation"] = recommend(criteria(history, rule), rule)[1]
+        holdout_new = validation.tolist()
         t4 = time.perf_counter()
         self.checkpoints.save(f"strategy_{s}.pt", {"name": strat.name, "state": strat.state_dict()})
         if distributed.is_main():
@@ -591,6 +612,44 @@ class Project:
         if distributed.is_main():
             self._plot()
         return metrics
+
+    def stop_set(self) -> torch.Tensor:
+        """The fixed stop set: a seeded random sample (1,000 at most) of the images drawn at the first step, whose
+        predictions by consecutive models stabilizing predictions compares (labels are never needed)."""
+        if "stop_set" not in self.meta:
+            ok = torch.tensor([i for i, _, _, _, st, _ in self.store.samples() if st == "ok"], dtype=torch.long)
+            pick = ok[torch.randperm(len(ok), generator=generator(self.meta["seed"], "project-stopset"))[:1000]]
+            if distributed.is_main():
+                self.store.set_meta(stop_set=pick.sort().values.tolist())
+            distributed.barrier()
+            self.meta = self.store.meta()
+        return torch.tensor(self.meta["stop_set"], dtype=torch.long)
+
+    @torch.no_grad()
+    def _signals(self, model, data, given, val_ids, s: int, dev) -> dict:
+        """What the stopping criteria read of step s: κ between this model's and the last step's predictions on
+        the stop set, the mean normalized entropy there, and on the validation items both steps had the counts
+        newly right and newly wrong. Each step's predictions are kept (`checkpoints/stop_<s>.pt`, `val_<s>.pt`)."""
+        stop = self.stop_set()
+        outs = torch.cat([o for _, o in predict(model, data, stop, batch_size=256, device=dev)])
+        preds = outs.argmax(1)
+        correct = torch.zeros(0, dtype=torch.bool)
+        if len(val_ids):
+            val_out = torch.cat([o for _, o in predict(model, given, val_ids, batch_size=256, device=dev)])
+            correct = val_out.argmax(1) == given.batch(val_ids)[1]
+        self.checkpoints.save(f"stop_{s}.pt", {"ids": stop, "preds": preds})
+        self.checkpoints.save(f"val_{s}.pt", {"ids": val_ids.clone(), "correct": correct})
+        out = {"pool_uncertainty": round(mean_uncertainty(outs.softmax(1)), 6), "stop_kappa": None, "paired": None}
+        if self.checkpoints.exists(f"stop_{s - 1}.pt"):
+            before = self.checkpoints.load(f"stop_{s - 1}.pt")
+            if torch.equal(before["ids"], stop):
+                out["stop_kappa"] = round(cohen_kappa(before["preds"], preds, len(self.classes)), 6)
+        if self.checkpoints.exists(f"val_{s - 1}.pt"):
+            before = self.checkpoints.load(f"val_{s - 1}.pt")
+            common, here, there = np.intersect1d(val_ids.numpy(), before["ids"].numpy(), return_indices=True)
+            now, then = correct[torch.from_numpy(here)], before["correct"][torch.from_numpy(there)]
+            out["paired"] = [int((now & ~then).sum()), int((~now & then).sum()), len(common)]
+        return out
 
     def model(self, step: int | None = None) -> nn.Module:
         """The model a step trained (default: the latest finished step), on the CPU, in eval mode."""
@@ -723,12 +782,21 @@ class Project:
                           **{k: m.get(k) for k in ("val_accuracy", "val_low", "val_high", "val_size", "val_miou")
                              if k in m},
                           "train_time_s": m.get("train_time_s"), "score_time_s": m.get("score_time_s"),
+                          **{k: m.get(k) for k in ("stop_kappa", "pool_uncertainty", "paired") if k in m},
                           "guesses_answered": answered,
                           "guess_accuracy": right / answered if answered else None,
                           "guess_low": wilson(right, answered)[0] if answered else None,
                           "guess_high": wilson(right, answered)[1] if answered else None})
+        done = [r["metrics"] for r in self.store.steps() if r["state"] == "done" and r["step"] > 0]
+        rule, recommendation = StopRule(), None
+        if done and self.task == "classification":
+            c = criteria([_signal_row(m) for m in done], rule)
+            verdict, text = recommend(c, rule)
+            last = done[-1]
+            recommendation = {"verdict": verdict, "text": text, **c, "rule": rule.to_dict(),
+                              "estimate": {k: last.get(k) for k in ("val_accuracy", "val_low", "val_high", "val_size")}}
         return {"project": str(self.root), "images": str(self.images), "task": self.task, "classes": self.classes,
-                "samples": counts, "labeled": prog["labeled"], "unsure": prog["unsure"],
+                "recommendation": recommendation, "samples": counts, "labeled": prog["labeled"], "unsure": prog["unsure"],
                 "holdout_labeled": sum(1 for s, (k, *_r) in self.store.current().items()
                                        if k == "label" and samples[s][5]),
                 "per_class": prog["per_class"], "per_annotator": prog["per_annotator"],

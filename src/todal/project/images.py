@@ -92,21 +92,16 @@ def _palette_gray(im) -> bool:
 def read_files(root: Path, paths: Sequence[str], size: int, mode: str, workers: int | None = None,
                progress: bool = False) -> Iterable[Decoded]:
     """Decode `paths` under `root` in worker processes (in order), each file read once."""
-    from tqdm.auto import tqdm
+    from ..progress import bar
 
     workers = workers or min(8, os.cpu_count() or 1)
     jobs = [(str(root), p, size, mode) for p in paths]
-    bar = tqdm(total=len(jobs), desc="index", unit="img", disable=not progress, leave=False)
     if workers <= 1 or len(jobs) < 64:
-        for j in jobs:
-            yield _read(j)
-            bar.update()
+        yield from bar((_read(j) for j in jobs), "index" if progress else None, unit="img", total=len(jobs))
     else:
         with ProcessPoolExecutor(workers) as ex:
-            for d in ex.map(_read, jobs, chunksize=64):
-                yield d
-                bar.update()
-    bar.close()
+            yield from bar(ex.map(_read, jobs, chunksize=64), "index" if progress else None, unit="img",
+                           total=len(jobs))
 
 
 class ImageCache:

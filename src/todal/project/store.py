@@ -400,11 +400,13 @@ class Store:
     # --- progress -----------------------------------------------------------------------------
     def progress(self) -> dict:
         """What the labeling page and `status` show: the current batch (the newest step's queue), labels
-        per class and per annotator."""
+        per class and per annotator, and the latest step's accuracy estimate on its validation labels."""
         with self._read() as con:
             classes = json.loads(con.execute("SELECT value FROM meta WHERE key = 'classes'").fetchone()[0])
             current = con.execute(_CURRENT, (2**62,)).fetchall()
             step = con.execute("SELECT MAX(step) FROM queue").fetchone()[0]
+            last = con.execute("SELECT step, metrics FROM steps WHERE state = 'done' AND step > 0 ORDER BY step DESC "
+                               "LIMIT 1").fetchone()
             batch = [r[0] for r in con.execute("SELECT sample FROM queue WHERE step = ?", (step,))]
             pending = len(con.execute(f"SELECT DISTINCT sample FROM queue WHERE sample NOT IN ({_ANSWERED})").fetchall())
         per_class = {c: 0 for c in classes}
@@ -422,7 +424,11 @@ class Store:
         answered = {s for s, kind, *_ in current if kind != "undo"}
         done = sum(s in answered for s in batch)
         labeled = sum(1 for _, kind, cls, mask, *_ in current if kind == "label")
-        return {"step": step, "batch": {"size": len(batch), "done": done, "left": len(batch) - done},
+        m = json.loads(last[1]) if last and last[1] else {}
+        estimate = None if not m.get("val_size") or m.get("val_accuracy") is None else {
+            "step": last[0], "accuracy": m["val_accuracy"], "low": m["val_low"], "high": m["val_high"],
+            "n": m["val_size"], "recommendation": (m.get("recommendation") or "").split(":")[0] or None}
+        return {"step": step, "estimate": estimate, "batch": {"size": len(batch), "done": done, "left": len(batch) - done},
                 "queued": pending, "labeled": labeled, "unsure": unsure, "per_class": per_class,
                 "per_annotator": per_annotator}
 

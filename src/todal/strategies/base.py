@@ -146,11 +146,11 @@ class Context:
 
     def batches(self, indices: Tensor, desc: str | None = None, *, augmented: bool = False):
         """Yield `(idx, x)` over `indices`, inputs transformed and on the device."""
-        from tqdm.auto import tqdm
+        from ..progress import bar
 
         transform = (lambda x: self.augment(x, self.generator)) if augmented else self.transform
         batches = list(chunks(indices, self.batch_size))
-        for idx, x in zip(tqdm(batches, desc=desc, leave=False, unit="batch", disable=not self.progress),
+        for idx, x in zip(bar(batches, desc if self.progress else None),
                           read(self.dataset, batches, inputs_only=True)):
             yield idx, transform(x).to(self.device)
 

@@ -221,6 +221,13 @@
     $("batch-bar").style.width = b.size ? `${(100 * b.done) / b.size}%` : "0";
     $("progress-text").textContent =
       `${p.labeled} labeled, ${p.unsure} not sure, ${p.queued} queued` + (p.step == null ? "" : ` (step ${p.step})`);
+    const e = p.estimate;
+    $("estimate").hidden = !(e && e.accuracy != null);
+    if (e && e.accuracy != null) {
+      const pct = (v) => `${(100 * v).toFixed(1)}%`;
+      $("estimate").textContent = `Model accuracy ≈ ${pct(e.accuracy)} (95% interval ${pct(e.low)}–${pct(e.high)}, ` +
+        `${e.n} validation labels, step ${e.step})` + (e.recommendation ? ` · ${e.recommendation}` : "");
+    }
     const max = Math.max(1, ...Object.values(p.per_class));
     table($("per-class"), Object.entries(p.per_class), max);
     const people = Object.entries(p.per_annotator).sort((a, b) => b[1] - a[1]);
