@@ -154,3 +154,15 @@ def test_models_lists_the_built_in_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("resnet18") and "small_cnn" in out and "seg_cnn" in out
+
+
+def test_run_stop_and_log_dir_reach_the_loop(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    work, logs = tmp_path / "r", tmp_path / "tb"
+    assert main(["run", "--workdir", str(work), "--baseline", "none", "--stop", "plateau", "--log-dir", str(logs),
+                 *FAST]) == 0
+    assert json.loads((work / "config.json").read_text())["stop"]["criterion"] == "plateau"
+    events = EventAccumulator(str(logs / "r"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("cycle/accuracy")] == [0, 1]

@@ -525,3 +525,69 @@ def test_a_checkpoint_holding_code_is_refused_and_never_run(tmp_path):
     with pytest.raises(TodalError, match="is not a weights-only checkpoint"):
         make(run, cycles=2).model(1)
     assert not marker.exists()
+
+
+# --- when to stop, the record, the output -----------------------------------------------------------------
+def test_every_cycle_records_the_stopping_criteria(tmp_path):
+    records = make(tmp_path, semi=False).run()
+    assert records[0]["stop_kappa"] is None and records[0]["paired"] is None
+    for r in records[1:]:
+        assert -1 <= r["stop_kappa"] <= 1 and 0 <= r["pool_uncertainty"] <= 1
+        right, wrong, n = r["paired"]
+        assert n == 60 and right + wrong <= n
+    # the paired counts are the test set's: newly right minus newly wrong is the accuracy change
+    for a, b in zip(records, records[1:]):
+        assert b["accuracy"] - a["accuracy"] == pytest.approx((b["paired"][0] - b["paired"][1]) / 60)
+
+
+def test_a_stop_rule_ends_the_run_early_and_says_why(tmp_path):
+    from todal.stopping import StopRule
+
+    rule = StopRule(criterion="kappa", window=1, threshold=0.0)  # any agreement stops: after cycle 1
+    records = make(tmp_path, cycles=3, stop=rule).run()
+    assert [r["cycle"] for r in records] == [0, 1]
+    assert records[-1]["stopped"].startswith("predictions stabilized: mean κ") and "selected" not in records[-1]
+    assert make(tmp_path, cycles=3, stop=rule).run() == records  # a stopped run stays stopped
+    with pytest.raises(TodalError, match="different configuration \\(stop"):
+        make(tmp_path, cycles=3, stop="plateau").run()
+    with pytest.raises(TodalError, match="'criterion' parameter of StopRule must be one of kappa"):
+        make(tmp_path / "x", stop="never")
+
+
+def test_tensorboard_events_hold_every_cycle_the_curve_and_the_queued_samples(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from todal.data import ArrayDataset
+
+    def images(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        y = torch.arange(n) % 3
+        x = (torch.rand(n, 1, 8, 8, generator=g) * 60 + y.view(-1, 1, 1, 1) * 60).to(torch.uint8)
+        return ArrayDataset(x, y, num_classes=3, mean=0.3, std=0.3)
+
+    loop = ActiveLoop(lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)), images(150, 0),
+                      images(60, 1), strategy="entropy", semi_supervised=False, initial=20, budget=10, cycles=3,
+                      epochs=2, workdir=tmp_path / "run", log_dir=tmp_path / "tb")
+    records = loop.run()
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    accuracy = events.Scalars("cycle/accuracy")
+    assert [e.step for e in accuracy] == [0, 1, 2]
+    assert [round(e.value, 5) for e in accuracy] == [round(r["accuracy"], 5) for r in records]
+    assert [e.step for e in events.Scalars("curve/accuracy")] == [20, 30, 40]  # over the labels
+    assert [e.step for e in events.Scalars("cycle/stop_kappa")] == [1, 2]
+    assert "cycle/train_time_s" in events.Tags()["scalars"]
+    assert [e.step for e in events.Images("queued")] == [0, 1]  # the samples each selection queued
+
+
+def test_off_a_terminal_progress_is_one_line_per_epoch_and_per_cycle(tmp_path, capsys):
+    import re
+
+    make(tmp_path, cycles=2, progress=True).run()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err  # no bar redrawn into a log
+    lines = err.splitlines()
+    epoch = re.compile(r"^cycle [01] train: epoch [1-3]/3, loss \d+\.\d{3} \(\d+\.\ds\)$")
+    cycle = re.compile(r"^cycle [01]: (20|30) labels, test accuracy \d+\.\d\d%(, κ -?\d\.\d{4})?$")
+    assert all(epoch.match(line) or cycle.match(line) for line in lines), lines
+    assert sum(bool(epoch.match(line)) for line in lines) == 6 and sum(bool(cycle.match(line)) for line in lines) == 2

@@ -69,7 +69,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a strategy option, e.g. --option passes=10 (given to every strategy of the command that "
                         "takes it), or NAME.KEY=VALUE for one strategy only (--option mc_dropout.passes=10); repeatable")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--stop", choices=["kappa", "uncertainty", "plateau", "any"], default=None,
+                   help="end a run early when this stopping criterion says so (todal.stopping); the last record says "
+                        "why")
+    p.add_argument("--log-dir", default=None, help="write TensorBoard event files of every cycle here")
     settings.add_flags(p, TrainConfig, "training (todal.TrainConfig)",
                        defaults={"epochs": "per dataset", "batch_size": "per dataset", "lr": "per dataset",
                                  "optimizer": "per dataset"})
@@ -165,7 +169,8 @@ def _loop(args, data, strategy: str, semi: bool, seed: int, workdir: Path, optio
                       eval_batch_size=d.get("eval_batch_size"), initial=args.initial, budget=args.budget,
                       cycles=args.cycles, workdir=workdir, seed=seed, train=train, reinit=args.reinit,
                       flavor={"name": args.flavor, **settings.given(args, Flavor)}, ema_decay=args.ema_decay,
-                      device=args.device, progress=not args.quiet)
+                      device=args.device, progress=not args.quiet, stop=args.stop,
+                      log_dir=None if args.log_dir is None else Path(args.log_dir) / workdir.name)
 
 
 def _execute(loop: ActiveLoop, title: str) -> list[dict]:

@@ -213,9 +213,21 @@ class Engine:
                        objectives=self.strategy.objectives(), device=self.device, transform=self.augment,
                        progress=f"{self.unit} {n} train" if self.progress else None)
 
-    def evaluate(self, model: nn.Module, dataset, indices: Tensor | None = None) -> dict:
-        """The task's metrics of `model` on `dataset` (or its `indices`), in eval mode."""
-        return evaluate(model, self.task, dataset, indices=indices, batch_size=self.batch_size, device=self.device)
+    def evaluate(self, model: nn.Module, dataset, indices: Tensor | None = None, *, per_item: bool = False):
+        """The task's metrics of `model` on `dataset` (or its `indices`), in eval mode (`per_item`: with each
+        sample's correctness, `todal.train.evaluate`)."""
+        return evaluate(model, self.task, dataset, indices=indices, batch_size=self.batch_size, device=self.device,
+                        per_item=per_item)
+
+    @torch.no_grad()
+    def signals(self, model: nn.Module, dataset, stop_set: Tensor) -> tuple[Tensor, float]:
+        """`(predicted classes [n], overall uncertainty)` of `model` on the stop set (todal.stopping)."""
+        from .inference import predict
+        from .stopping import mean_uncertainty
+
+        outs = torch.cat([o for _, o in predict(model, dataset, stop_set, batch_size=self.batch_size,
+                                                device=self.device)])
+        return outs.argmax(1), mean_uncertainty(outs.softmax(1))
 
     def candidates(self, unlabeled: Tensor, n: int) -> Tensor:
         """What a selection scores: the unlabeled pool, or the flavor's seeded random subset of it."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +44,7 @@ from .models.source import ModelSource, model_source
 from .oracle import FileOracle, SimulatedOracle
 from .pool import Pool
 from .settings import from_dict
+from .stopping import StopRule, cohen_kappa, criteria, should_stop
 from .strategies import Strategy
 from .strategies import get as get_strategy
 from .strategies.base import LabelMaps
@@ -123,13 +125,14 @@ class LoopConfig:
     version: int = 1
     model_arch: str = ""  # a hash of the model's parameter names and shapes: another architecture is refused
     augment: str = "default"  # the training augmentation: the dataset's "default", "none", or a function's name
+    stop: dict | None = None  # the StopRule that may end the run early (None: it runs every cycle)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
 
 
 # LoopConfig keys added after runs were already made: a saved config without one is not compared on it
-LATER_KEYS = ("model_arch", "augment")
+LATER_KEYS = ("model_arch", "augment", "stop")
 # TrainConfig fields added after runs were made, with the behaviour those runs had
 TRAIN_BEFORE_OPTIONS = {"precision": "auto", "channels_last": None, "compile": False, "sync_bn": False,
                         "backbone_lr": None}
@@ -176,6 +179,12 @@ def strategy_options(strategy: Strategy) -> dict:
     return out
 
 
+def _signal_row(record: dict) -> dict:
+    """A cycle's record as `todal.stopping.criteria` reads it."""
+    return {"labels": record["labeled"], "kappa": record.get("stop_kappa"), "uncertainty": record.get("pool_uncertainty"),
+            "paired": record.get("paired")}
+
+
 def architecture(model: nn.Module) -> str:
     """A short hash of the model's parameter and buffer names, shapes and dtypes."""
     text = ";".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in model.state_dict().items())
@@ -204,7 +213,13 @@ class ActiveLoop:
     Labels and resources: `oracle` (who labels; default: the dataset's own labels), `device`, `num_classes`
         (else counted from the labels), `eval_batch_size` (evaluation and scoring; None: 512, fewer for
         large dense outputs), `workdir` (the run directory; None: a temporary one), `keep_checkpoints` (every
-        cycle's; by default the last two, all that resuming and COD need), `progress` (progress bars).
+        cycle's; by default the last two, all that resuming and COD need), `progress` (progress bars on a
+        terminal, a line per epoch elsewhere).
+    When to stop: every cycle records the stopping criteria (`todal.stopping`: κ between consecutive models on
+        a fixed stop set, the overall uncertainty, the paired gain per 100 labels on the test set); `stop` (a
+        `StopRule`, a criterion's name "kappa", "uncertainty", "plateau", "any", or a dict of StopRule fields)
+        ends the run early when its criterion says so, and the last record says why (`stopped`).
+    `log_dir`: TensorBoard event files of every cycle (`todal.tensorboard`).
     """
 
     def __init__(self, model: str | Callable[[], nn.Module] | ModelSource, train_set, test_set, *,
@@ -213,7 +228,8 @@ class ActiveLoop:
                  train: TrainConfig | dict | None = None, flavor: str | Flavor | dict = "default",
                  ema_decay: float = DEFAULT_DECAY, reinit: bool = False, augment: Callable | bool | None = None,
                  oracle=None, device: str | torch.device | None = None, num_classes: int | None = None,
-                 eval_batch_size: int | None = None, keep_checkpoints: bool = False, progress: bool = False):
+                 eval_batch_size: int | None = None, keep_checkpoints: bool = False, progress: bool = False,
+                 stop: StopRule | str | dict | None = None, log_dir: str | Path | None = None):
         owner = "ActiveLoop"
         initial, budget = _plain(initial), _plain(budget)  # numpy scalars are ints and floats too
         n = len(train_set)
@@ -282,6 +298,17 @@ class ActiveLoop:
         if self.source.frozen and self.task_name == "segmentation":
             raise TodalError("A frozen backbone trains a classification head on one feature vector per image; for "
                              "segmentation train the whole model (frozen=False).")
+        if isinstance(stop, str):
+            stop = StopRule(criterion=stop)
+        elif isinstance(stop, dict):
+            stop = from_dict(StopRule, stop, "stop")
+        elif stop is not None and not isinstance(stop, StopRule):
+            raise param_error("stop", owner, "None, a StopRule, a criterion (kappa, uncertainty, plateau, any) or a "
+                              "dict of StopRule fields", stop)
+        if stop is not None and self.task_name == "segmentation":
+            raise TodalError("The stopping criteria compare class predictions; for segmentation leave stop=None.")
+        self.stop, self.log_dir = stop, None if log_dir is None else Path(log_dir)
+        self._recorder = None
         self._engine: Engine | None = None
         self._config: LoopConfig | None = None
         self._num_classes: int | None = None
@@ -365,7 +392,8 @@ class ActiveLoop:
                          "num_classes": engine.num_classes},
                 model_arch=architecture(probe),
                 augment="default" if augment is None else "none" if augment is False else
-                getattr(augment, "__qualname__", type(augment).__name__))
+                getattr(augment, "__qualname__", type(augment).__name__),
+                stop=self.stop.to_dict() if self.stop else None)
         return self._config
 
     def _augmentation(self):
@@ -571,7 +599,7 @@ class ActiveLoop:
             if stage not in (*STAGES, "done"):
                 raise TodalError(f"{self._path('progress.json')} names an unknown stage {stage!r}; restore the file or "
                                  "delete the run directory to start over.")
-            if stage == "done" and prog["cycle"] < self.cycles - 1:
+            if stage == "done" and prog["cycle"] < self.cycles - 1 and not prog.get("stopped"):
                 last = next(r for r in self.records() if r["cycle"] == prog["cycle"])
                 write_json(self._path("progress.json"), {"cycle": prog["cycle"], "stage": "select", "pending": last})
                 distributed.barrier()
@@ -614,14 +642,42 @@ class ActiveLoop:
     def _evaluate(self, pool: Pool, prog: dict) -> None:
         c = prog["cycle"]
         model, _ = self.engine.restore(self._load(f"cycle_{c}.pt"))
-        m = self.engine.evaluate(model, self.data[1])
         n = len(pool)
-        pending = {"cycle": c, "labeled": n, "labeled_fraction": n / pool.size, **m}
-        if c == self.cycles - 1:
-            self._finish(prog, {**prog["pending"], **pending})
-            write_json(self._path("progress.json"), {"cycle": c, "stage": "done", "pending": {}})
+        pending = {"cycle": c, "labeled": n, "labeled_fraction": n / pool.size}
+        if self.dense:
+            pending.update(self.engine.evaluate(model, self.data[1]))
+        else:
+            m, correct = self.engine.evaluate(model, self.data[1], per_item=True)
+            pending.update(m, **self._signals(model, correct, c))
+        stopped = None
+        if self.stop is not None and c < self.cycles - 1:
+            history = [_signal_row(r) for r in self.records() if r["cycle"] < c] + [_signal_row(pending)]
+            stopped = should_stop(criteria(history, self.stop), self.stop)
+        if c == self.cycles - 1 or stopped:
+            self._finish(prog, {**prog["pending"], **pending, **({"stopped": stopped} if stopped else {})})
+            write_json(self._path("progress.json"), {"cycle": c, "stage": "done", "pending": {},
+                                                     **({"stopped": stopped} if stopped else {})})
         else:
             self._advance(prog, "select", **pending)
+
+    def stop_set(self) -> Tensor:
+        """The fixed stop set: a seeded random sample of the training set (StopRule.stop_set, 1,000) whose
+        predictions by consecutive models the stabilizing-predictions criterion compares."""
+        size = (self.stop or StopRule()).stop_set
+        return torch.randperm(len(self.train_set), generator=generator(self.seed, "stopset"))[:size].sort().values
+
+    def _signals(self, model: nn.Module, correct: Tensor, c: int) -> dict:
+        """The stopping criteria's inputs of cycle c; this cycle's predictions kept (`checkpoints/signals_<c>.pt`)
+        for the next cycle's κ and paired gain."""
+        preds, uncertainty = self.engine.signals(model, self.data[0], self.stop_set())
+        self.checkpoints.save(f"signals_{c}.pt", {"stop_preds": preds, "test_correct": correct})
+        out = {"pool_uncertainty": round(uncertainty, 6), "stop_kappa": None, "paired": None}
+        if c > 0 and self.checkpoints.exists(f"signals_{c - 1}.pt"):
+            before = self.checkpoints.load(f"signals_{c - 1}.pt")
+            out["stop_kappa"] = round(cohen_kappa(before["stop_preds"], preds, self.num_classes), 6)
+            then = before["test_correct"]
+            out["paired"] = [int((correct & ~then).sum()), int((~correct & then).sum()), len(correct)]
+        return out
 
     def _previous(self, c: int) -> Callable[[], nn.Module]:
         """COD's reference for cycle c: the previous cycle's model, in cycle 0 the flavor's initial reference."""
@@ -676,6 +732,20 @@ class ActiveLoop:
         return True
 
     def _finish(self, prog: dict, record: dict) -> None:
-        """Write metrics.jsonl with this cycle's record replacing any earlier one for the cycle."""
+        """Write metrics.jsonl with this cycle's record replacing any earlier one for the cycle (and, with a
+        `log_dir`, the cycle's TensorBoard events); one line per cycle when progress is on."""
         records = [r for r in self.records() if r["cycle"] != prog["cycle"]] + [record]
         write_jsonl(self._path("metrics.jsonl"), sorted(records, key=lambda r: r["cycle"]))
+        if self.progress:
+            metric = "miou" if self.dense else "accuracy"
+            print(f"cycle {record['cycle']}: {record['labeled']} labels, test {metric} {100 * record[metric]:.2f}%"
+                  + (f", κ {record['stop_kappa']:.4f}" if record.get("stop_kappa") is not None else "")
+                  + (f"; stopped: {record['stopped']}" if record.get("stopped") else ""), file=sys.stderr, flush=True)
+        if self.log_dir is not None and distributed.is_main():
+            if self._recorder is None:
+                from .tensorboard import Recorder
+
+                self._recorder = Recorder(self.log_dir)
+            chosen = torch.tensor(record.get("selected") or [], dtype=torch.long)
+            images = fetch(self.train_set, chosen[:64])[0] if len(chosen) else None
+            self._recorder.record(record["cycle"], record, labels=record["labeled"], images=images)

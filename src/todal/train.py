@@ -351,9 +351,10 @@ def fit(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, task: Task, dataset, *, indices: Tensor | None = None, batch_size: int = 256,
-             transform: Transform | None = None, device: torch.device | str | None = None) -> dict:
+             transform: Transform | None = None, device: torch.device | str | None = None, per_item: bool = False):
     """Metrics in one pass over `indices` (default: the whole dataset): accuracy, mean loss, per-class accuracy
-    (for segmentation mIoU too), in eval mode."""
+    (for segmentation mIoU too), in eval mode. `per_item`: also whether each sample's top class was right,
+    `(metrics, correct [n])` (classification)."""
     from .inference import chunks, eval_mode, test_transform
 
     device = torch.device(device or "cpu")
@@ -361,11 +362,15 @@ def evaluate(model: nn.Module, task: Task, dataset, *, indices: Tensor | None = 
     conf = torch.zeros(task.num_classes, task.num_classes, dtype=torch.long)
     loss_sum, count = 0.0, 0
     indices = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    correct = torch.zeros(len(indices), dtype=torch.bool) if per_item else None
     with eval_mode(model):
         for idx in chunks(indices, batch_size):
             x, y = fetch(dataset, idx)
             out = model(transform(x).to(device)).float().cpu()
             loss_sum += float(task.per_sample_loss(out, y).sum())
+            if correct is not None:
+                correct[count: count + len(idx)] = out.argmax(1) == y
             count += len(idx)
             conf += task.confusion(out, y)
-    return task.metrics(conf, loss_sum, count)
+    metrics = task.metrics(conf, loss_sum, count)
+    return (metrics, correct) if per_item else metrics

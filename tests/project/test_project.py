@@ -530,3 +530,27 @@ def test_status_the_page_and_the_curve_give_the_same_estimate_and_a_recommendati
     assert main(["status", str(project.root), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["recommendation"]["text"] == rec["text"]
     assert (project.root / "learning_curve.png").exists()
+
+
+def test_a_piped_step_prints_lines_not_bars_and_logs_to_tensorboard(tmp_path):
+    import re
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    project, _, truth = make(tmp_path)
+    answer_queue(project, truth)
+    log = tmp_path / "step.log"
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, "-m", "todal", "step", str(project.root), "--budget", "20", "--epochs", "3",
+                            "--log-dir", str(tmp_path / "tb")], stdout=f, stderr=subprocess.STDOUT, timeout=300)
+    assert r.returncode == 0
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text
+    lines = text.splitlines()
+    epochs = [line for line in lines if re.fullmatch(r"step 1 train: epoch [1-3]/3, loss \d+\.\d{3} \(\d+\.\ds\)", line)]
+    assert len(epochs) == 3 and lines[-1].startswith("recommendation: ") and len(lines) <= 8, lines
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("cycle/val_accuracy")] == [1]
+    assert [e.step for e in events.Scalars("curve/val_accuracy")] == [60]
+    assert [e.step for e in events.Images("queued")] == [1]

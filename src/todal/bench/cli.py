@@ -44,7 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="override a protocol value, e.g. --set epochs=3 --set grid_lams=[0.05]; repeatable")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--log-dir", default=None, help="TensorBoard event files of every run, one folder per run")
     return p
 
 
@@ -61,7 +62,7 @@ def run(args, argv: list[str]) -> None:
             raise TodalError(f"--strategies {args.strategies!r} names no strategy; write e.g. random,entropy,cod.")
     result = run_bench(args.protocol, args.dataset, args.out, overrides=overrides, strategies=specs,
                        device=args.device, data_root=args.data_root, progress=not args.quiet,
-                       command="todal " + shlex.join(argv))
+                       command="todal " + shlex.join(argv), log_dir=args.log_dir)
     env = result["environment"]
     print(f"{len(env['runs_ran'])} runs trained, {len(env['runs_reused'])} reused, "
           f"{env['wall_time_s']:.0f} s; report: {args.out}/report.md")

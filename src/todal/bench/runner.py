@@ -115,7 +115,7 @@ def run_dir(out: Path, method: Method, trial: int) -> Path:
 
 def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out: Path,
               device: str | torch.device | None = None, progress: bool = False,
-              flavor_overrides: dict | None = None) -> ActiveLoop:
+              flavor_overrides: dict | None = None, log_dir: Path | None = None) -> ActiveLoop:
     """The ActiveLoop of one (method, trial); the trial number is the seed (same initial pool).
     `flavor_overrides` change single flavor fields (a diagnostic's variant of a method). With a `pool_size`,
     the trial's pool is its own seeded random subset of `train_set` (the same for every method)."""
@@ -133,7 +133,8 @@ def make_loop(p: Protocol, method: Method, trial: int, train_set, test_set, out:
                       ema_decay=p.ema_decay if method.ema_decay is None else method.ema_decay,
                       task=p.task, eval_batch_size=p.eval_batch_size,
                       workdir=run_dir(out, method, trial), device=device, progress=progress,
-                      keep_checkpoints=method.label in ANALYZED)
+                      keep_checkpoints=method.label in ANALYZED,
+                      log_dir=None if log_dir is None else Path(log_dir) / f"{method.slug}-trial{trial}")
 
 
 def trial_pool(p: Protocol, train_set, trial: int):
@@ -172,7 +173,7 @@ class RunLock:
 
 
 def run_all(p: Protocol, methods: list[Method], train_set, test_set, out: Path, *,
-            device: str | torch.device | None = None, progress: bool = False,
+            device: str | torch.device | None = None, progress: bool = False, log_dir: Path | None = None,
             log: Callable[[str], None] = print) -> tuple[dict[str, dict[int, list[dict]]], dict]:
     """Run (or resume, or reuse) every (method, trial), trial-major so a partial bench already compares
     every method; runs another process holds are skipped, then waited for at the end. Returns
@@ -184,7 +185,7 @@ def run_all(p: Protocol, methods: list[Method], train_set, test_set, out: Path, 
     for wait in (False, True):
         held = []
         for trial, m in todo:
-            loop = make_loop(p, m, trial, train_set, test_set, out, device, progress)
+            loop = make_loop(p, m, trial, train_set, test_set, out, device, progress, log_dir=log_dir)
             name = f"{m.slug}-trial{trial}"
             lock = None
             # torchrun: all ranks train each run together, in the same order; rank 0 decides on the lock

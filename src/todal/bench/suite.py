@@ -152,7 +152,7 @@ def with_strategies(p: Protocol, strategies: list[str] | None) -> Protocol:
 
 def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=None, strategies: list[str] | None = None,
               device: str | None = None, data_root: str | None = None, progress: bool = False,
-              command: str = "", log: Callable[[str], None] = print) -> dict:
+              command: str = "", log_dir: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) every run of the bench, analyse them and write `<out>/report.md` and
     `<out>/results.json` (every number of the report) and the figures. Returns the results.
 
@@ -172,7 +172,8 @@ def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=Non
     check_device(p, dev, train, runs=sum(per_method), semi_runs=sum(n for m, n in zip(methods, per_method) if m.semi))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "protocol.json", {"protocol": p.to_dict(), "methods": [m.label for m in methods]})
-    runs, status = run_all(p, methods, train, test, out, device=dev, progress=progress, log=log)
+    runs, status = run_all(p, methods, train, test, out, device=dev, progress=progress,
+                           log_dir=None if log_dir is None else Path(log_dir), log=log)
     labels = [m.label for m in methods]
     grid = [m.label for m in methods if m.lam is not None]
     key = "miou" if p.task == "segmentation" else "accuracy"

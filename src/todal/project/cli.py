@@ -78,7 +78,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a strategy option, e.g. --option passes=10; repeatable")
     p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--log-dir", default=None, help="add this step to TensorBoard event files here")
     settings.add_flags(p, TrainConfig, "training of this step (todal.TrainConfig)",
                        defaults={f.name: "the project's" for f in settings.fields_of(TrainConfig)})
 
@@ -139,7 +140,8 @@ def cmd_step(args) -> None:
 
     project = Project(args.project)
     m = project.step(budget=args.budget, strategy=args.strategy, semi=args.semi, options=_option(args.options),
-                     train=settings.given(args, TrainConfig) or None, device=args.device, progress=not args.quiet)
+                     train=settings.given(args, TrainConfig) or None, device=args.device, progress=not args.quiet,
+                     log_dir=args.log_dir)
     val = (f"holdout accuracy {_pct(m.get('val_accuracy'))} (95% interval {_pct(m.get('val_low'))}-"
            f"{_pct(m.get('val_high'))}, {m['val_size']} images)" if "val_accuracy" in m
            else f"holdout mIoU {_pct(m.get('val_miou'))} ({m['val_size']} images)")
@@ -147,6 +149,8 @@ def cmd_step(args) -> None:
           f"queued {m['queued']} by {m['strategy']} in {m['score_time_s']}s.")
     if m["val_size"] == 0:
         print("(no held-out labels yet: label the random seed batch to get an accuracy estimate)")
+    if m.get("recommendation"):
+        print(f"recommendation: {m['recommendation']}")
 
 
 def cmd_status(args) -> None:

@@ -472,9 +472,11 @@ class Project:
         return read
 
     def step(self, *, budget: int = 100, strategy: str = "cod", semi: bool = False, options: dict | None = None,
-             train: dict | None = None, device: str | None = None, progress: bool = False) -> dict:
+             train: dict | None = None, device: str | None = None, progress: bool = False,
+             log_dir: str | Path | None = None) -> dict:
         """Train on the labels so far (warm start), evaluate on the holdout, score, queue the top `budget`.
-        `train`: training settings of this step over the project's (e.g. {"epochs": 5}).
+        `train`: training settings of this step over the project's (e.g. {"epochs": 5}); `log_dir`: TensorBoard
+        event files the step adds itself to (its metrics, the curve, the images it queued).
 
         Returns the step's metrics. Run again after a crash: the step resumes from where it stopped.
         """
@@ -511,6 +513,14 @@ class Project:
             s, row = distributed.on_main(begin)
             metrics = self._run_step(s, row, strat, semi, TrainConfig(**train), budget, dev, progress)
             distributed.barrier()
+            if log_dir is not None and distributed.is_main():
+                from ..tensorboard import Recorder
+
+                recorder = Recorder(log_dir)
+                queued = torch.tensor([it.sample for it in self.store.queued() if it.step == s], dtype=torch.long)
+                recorder.record(s, metrics, labels=metrics["labeled"],
+                                images=self.cache.batch(queued[:64]) if len(queued) else None)
+                recorder.close()
             return metrics
 
     def _holdout_mask(self) -> torch.Tensor:
