@@ -67,3 +67,35 @@ def test_unlabeled_at_a_cycle_includes_samples_labeled_later():
     pool.add(torch.tensor([4]), torch.tensor([0]), cycle=1)
     assert unlabeled_at(pool, 0).tolist() == [2, 3, 4, 5]
     assert unlabeled_at(pool, 1).tolist() == [2, 3, 5]
+
+
+def test_paired_differences_have_a_t_interval_and_the_paired_t_test():
+    from scipy import stats
+
+    runs = {"a": {t: [{"accuracy": v, "labeled_fraction": 1.0}] for t, v in enumerate([0.80, 0.82, 0.85])},
+            "b": {t: [{"accuracy": v, "labeled_fraction": 1.0}] for t, v in enumerate([0.78, 0.81, 0.80])}}
+    c = paired(runs, "a", "b", "final")
+    diffs = [0.02, 0.01, 0.05]
+    assert c["diffs"] == pytest.approx(diffs) and c["mean"] == pytest.approx(sum(diffs) / 3)
+    half = stats.t.ppf(0.975, 2) * stats.tstd(diffs) / 3 ** 0.5
+    assert (c["low"], c["high"]) == (pytest.approx(c["mean"] - half), pytest.approx(c["mean"] + half))
+    assert c["p"] == pytest.approx(stats.ttest_rel([0.80, 0.82, 0.85], [0.78, 0.81, 0.80]).pvalue)
+    assert verdict(c) == ("a better" if c["low"] > 0 else "within noise")
+    # 3 of 3 ahead but the interval crosses zero: within noise (the old rule called such pairs a win)
+    runs["b"] = {t: [{"accuracy": v, "labeled_fraction": 1.0}] for t, v in enumerate([0.795, 0.70, 0.849])}
+    c = paired(runs, "a", "b", "final")
+    assert c["wins"] == 3 and c["low"] < 0 and verdict(c) == "within noise"
+
+
+def test_label_savings_interpolate_the_curve_to_the_references_final_accuracy():
+    from todal.bench.analysis import label_savings, labels_to_reach
+
+    assert labels_to_reach([0.1, 0.2, 0.3], [0.5, 0.7, 0.9], 0.8) == pytest.approx(0.25)
+    assert labels_to_reach([0.1, 0.2], [0.5, 0.6], 0.8) is None
+    curve = lambda accs: [{"accuracy": a, "labeled_fraction": f} for a, f in zip(accs, [0.1, 0.2, 0.3, 0.4])]  # noqa
+    runs = {"random": {0: curve([0.5, 0.6, 0.7, 0.8]), 1: curve([0.5, 0.6, 0.7, 0.8])},
+            "cod": {0: curve([0.5, 0.7, 0.8, 0.85]), 1: curve([0.5, 0.6, 0.75, 0.9])}}
+    s = label_savings(runs, "cod")
+    # mean cod curve 0.5, 0.65, 0.775, 0.875 reaches 0.8 at 0.3 + 0.025/0.1 * 0.1 = 0.325 of random's 0.4
+    assert s["share"] == pytest.approx(0.325 / 0.4)
+    assert s["per_trial"] == [pytest.approx(0.3 / 0.4), pytest.approx((0.3 + 0.05 / 0.15 * 0.1) / 0.4)]

@@ -14,8 +14,8 @@ def _c(a, b):
 
 def test_a_win_is_stated_from_the_winners_side_with_the_trial_count():
     text = sentence(_c([0.70, 0.71, 0.70], [0.80, 0.80, 0.81]))
-    assert text == ("- **y beats x** on final accuracy: by 10.00 points on average, ahead in 3 of 3 paired trials "
-                    "(std of the differences 1.00).")
+    assert text == ("- **y beats x** on final accuracy: y - x = +10.00 points (95% CI +7.52 to +12.48, paired t-test "
+                    "p = 0.00332; y ahead in 3 of 3 trials).")
 
 
 def test_no_winner_within_noise():

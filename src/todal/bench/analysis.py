@@ -32,18 +32,24 @@ EDGES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # Fig. 5's ran
 
 # --- pure statistics -------------------------------------------------------------------------------
 def rankdata(x: Tensor) -> Tensor:
-    """1-based ranks `[n]`, ties get the mean of the ranks they span (as scipy's 'average')."""
-    _, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)  # unique sorts
-    last = counts.cumsum(0).double()
-    return (last - (counts.double() - 1) / 2)[inverse]
+    """1-based ranks `[n]`, ties get the mean of the ranks they span (scipy.stats.rankdata's 'average')."""
+    from scipy.stats import rankdata as ranks
+
+    return torch.from_numpy(ranks(x.double().numpy(), method="average"))
 
 
 def spearman(a: Tensor, b: Tensor) -> float:
-    """Spearman's rank correlation of two `[n]` tensors (Pearson's r of average ranks); nan if constant."""
-    ra, rb = rankdata(a.flatten()), rankdata(b.flatten())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = ra.norm() * rb.norm()
-    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+    """Spearman's rank correlation of two `[n]` tensors (scipy.stats.spearmanr); nan if either is constant."""
+    import warnings
+
+    from scipy.stats import spearmanr
+
+    a, b = a.flatten().double().numpy(), b.flatten().double().numpy()
+    if len(a) < 2 or a.min() == a.max() or b.min() == b.max():
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(spearmanr(a, b).statistic)
 
 
 def _order(scores: Tensor) -> Tensor:
@@ -89,22 +95,71 @@ def run_metric(records: list[dict], metric: str, key: str = "accuracy") -> float
 
 
 def paired(runs: dict[str, dict[int, list[dict]]], a: str, b: str, metric: str, key: str = "accuracy") -> dict:
-    """Per-trial differences a - b of `run_metric(..., metric, key)` (the runs of a trial share the seed,
-    hence the initial pool)."""
+    """Per-trial differences a - b of `run_metric(..., metric, key)` over the trials both have (the runs of a
+    trial share the seed, hence the initial pool), with their mean, a 95% confidence interval of the mean (t
+    distribution) and the two-sided p-value of the paired t-test (scipy.stats.ttest_rel)."""
     trials = sorted(set(runs[a]) & set(runs[b]))
-    diffs = [run_metric(runs[a][t], metric, key) - run_metric(runs[b][t], metric, key) for t in trials]
-    return {"a": a, "b": b, "metric": metric, "key": key, "n": len(diffs), "diffs": diffs,
-            "mean": statistics.fmean(diffs) if diffs else float("nan"),
-            "wins": sum(d > 0 for d in diffs), "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0}
+    xs = [run_metric(runs[a][t], metric, key) for t in trials]
+    ys = [run_metric(runs[b][t], metric, key) for t in trials]
+    diffs = [x - y for x, y in zip(xs, ys)]
+    out = {"a": a, "b": b, "metric": metric, "key": key, "n": len(diffs), "trials": trials, "diffs": diffs,
+           "mean": statistics.fmean(diffs) if diffs else float("nan"), "wins": sum(d > 0 for d in diffs),
+           "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0, "low": float("nan"), "high": float("nan"),
+           "p": float("nan")}
+    if len(diffs) > 1:
+        from scipy import stats
+
+        if out["std"] == 0:  # every trial the same difference: the interval is that point
+            out.update(low=out["mean"], high=out["mean"], p=0.0 if out["mean"] != 0 else 1.0)
+        else:
+            sem = out["std"] / len(diffs) ** 0.5
+            low, high = stats.t.interval(0.95, len(diffs) - 1, loc=out["mean"], scale=sem)
+            out.update(low=float(low), high=float(high), p=float(stats.ttest_rel(xs, ys).pvalue))
+    return out
 
 
 def verdict(c: dict) -> str:
-    """benchmarks/fashion_mnist_core.py's rule: a win only when every trial agrees in sign and the mean
-    difference exceeds the std of the per-trial differences (one trial is never enough)."""
-    noise = c["n"] < 2 or abs(c["mean"]) <= c["std"] or c["wins"] not in (0, c["n"])
-    if noise:
+    """"a better" or "b better" when the 95% confidence interval of the mean paired difference excludes 0
+    (the paired t-test's p < 0.05), else "within noise"; one trial is never enough."""
+    if c["n"] < 2 or not (c["low"] > 0 or c["high"] < 0):
         return "within noise"
     return f"{c['a']} better" if c["mean"] > 0 else f"{c['b']} better"
+
+
+def labels_to_reach(fractions: list[float], curve: list[float], target: float) -> float | None:
+    """The labeled fraction where `curve` (over `fractions`) first reaches `target`, linear between cycles; None if
+    it never does."""
+    for (f0, a0), (f1, a1) in zip(zip(fractions, curve), zip(fractions[1:], curve[1:])):
+        if a0 >= target:
+            return f0
+        if a1 >= target:
+            return f0 + (target - a0) / (a1 - a0) * (f1 - f0)
+    return fractions[0] if curve and curve[0] >= target else None
+
+
+def label_savings(runs: dict[str, dict[int, list[dict]]], method: str, reference: str = "random",
+                  key: str = "accuracy") -> dict:
+    """The labels `method` needs to reach `reference`'s final accuracy, as a share of `reference`'s labels: on the
+    mean curves (the headline), and per trial (each trial's curve against the reference's same trial) for the
+    spread; None where it never gets there."""
+    def mean_curve(name):
+        recs = list(runs[name].values())
+        cycles = min(len(r) for r in recs)
+        return ([recs[0][c]["labeled_fraction"] for c in range(cycles)],
+                [statistics.fmean(r[c][key] for r in recs) for c in range(cycles)])
+
+    fr, curve = mean_curve(method)
+    rfr, rcurve = mean_curve(reference)
+    at = labels_to_reach(fr, curve, rcurve[-1])
+    per_trial = []
+    for t in sorted(set(runs[method]) & set(runs[reference])):
+        m, r = runs[method][t], runs[reference][t]
+        x = labels_to_reach([c["labeled_fraction"] for c in m], [c[key] for c in m], r[-1][key])
+        per_trial.append(None if x is None else x / r[-1]["labeled_fraction"])
+    reached = [v for v in per_trial if v is not None]
+    return {"method": method, "reference": reference, "share": None if at is None else at / rfr[-1],
+            "per_trial": per_trial, "reached": len(reached),
+            "std": statistics.stdev(reached) if len(reached) > 1 else 0.0}
 
 
 # --- loss estimation over the checkpoints of a run (Fig. 3, 5, 6) ----------------------------------------

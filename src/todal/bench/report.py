@@ -18,18 +18,23 @@ def _pm(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if n > 1 else f"{100 * mean:.2f}"
 
 
+def evidence(c: dict) -> str:
+    """"+1.69 points (95% CI +1.07 to +2.30, paired t-test p = 0.007; ahead in 3 of 3 trials)"."""
+    if c["n"] < 2:
+        return f"{100 * c['mean']:+.2f} points (one trial: no interval)"
+    return (f"{100 * c['mean']:+.2f} points (95% CI {100 * c['low']:+.2f} to {100 * c['high']:+.2f}, paired t-test "
+            f"p = {c['p']:.3g}; {c['a']} ahead in {c['wins']} of {c['n']} trials)")
+
+
 def sentence(c: dict) -> str:
     """One "X beats Y" sentence, or "within noise", with the paired evidence behind it."""
     what = METRIC_NAMES[c["metric"]].format(KEY_NAMES[c.get("key", "accuracy")])
     if c["verdict"] == "within noise":
-        return (f"- {c['a']} vs {c['b']}, {what}: **within noise** (mean paired difference {100 * c['mean']:+.2f} "
-                f"points, {c['a']} ahead in {c['wins']} of {c['n']} trials; std of the differences "
-                f"{100 * c['std']:.2f}).")
-    a_wins = c["mean"] > 0
-    win, lose = (c["a"], c["b"]) if a_wins else (c["b"], c["a"])
-    ahead = c["wins"] if a_wins else sum(d < 0 for d in c["diffs"])
-    return (f"- **{win} beats {lose}** on {what}: by {100 * abs(c['mean']):.2f} points on average, ahead in "
-            f"{ahead} of {c['n']} paired trials (std of the differences {100 * c['std']:.2f}).")
+        return f"- {c['a']} vs {c['b']}, {what}: **within noise**: {evidence(c)}."
+    if c["mean"] < 0:  # told from the winner's side
+        c = {**c, "a": c["b"], "b": c["a"], "mean": -c["mean"], "low": -c["high"], "high": -c["low"],
+             "wins": sum(d < 0 for d in c["diffs"])}
+    return f"- **{c['a']} beats {c['b']}** on {what}: {c['a']} - {c['b']} = {evidence(c)}."
 
 
 def _table(headers: list[str], rows: list[list]) -> list[str]:
@@ -134,12 +139,25 @@ def write_report(out: Path, r: dict) -> None:
 
     # Paired comparisons.
     lines += ["## Who beats whom (paired over trials)\n",
-              "Each comparison pairs the runs of the same trial (same seed, same initial labeled set). A method is "
-              "said to beat another only when it is ahead in every trial and the mean difference exceeds the "
-              "standard deviation of the per-trial differences; otherwise the difference is reported as within "
-              f"noise. With {trials} trial(s), "
-              + ("no difference can be called a win." if trials < 2 else "a win needs all of them to agree.") + "\n",
+              "Each comparison pairs the runs of the same trial (same seed, same initial labeled set), over the "
+              "trials both methods have. A method is said to beat another only when the 95% confidence interval of "
+              "the mean paired difference (t distribution) excludes zero, i.e. the paired t-test gives p < 0.05; "
+              "otherwise the difference is reported as within noise. The comparisons: every method against random, "
+              "TOD's methods against the best baselines of this bench (by AUBC), and the paper's ablations."
+              + (" With one trial no difference can be called a win." if trials < 2 else "") + "\n",
               *(sentence(c) for c in r["paired"]), ""]
+    if r.get("label_savings"):
+        ref = r["label_savings"][0]["reference"]
+        lines += [f"## Labels to reach {ref}'s final {name}\n",
+                  f"The share of {ref}'s labels each method needs to reach {ref}'s final {name} (the paper's "
+                  "headline form: the same accuracy with fewer labels), linear between cycles: on the mean curves, "
+                  f"and per trial against the same trial's {ref} (mean ± std over the trials that get there).\n",
+                  *_table(["method", "share of the labels (mean curve)", "per trial", "trials that get there"],
+                          [[x["method"], "not reached" if x["share"] is None else f"{100 * x['share']:.1f}%",
+                            "-" if not x["reached"] else
+                            f"{100 * sum(v for v in x['per_trial'] if v is not None) / x['reached']:.1f}% ± "
+                            f"{100 * x['std']:.1f}",
+                            f"{x['reached']} of {len(x['per_trial'])}"] for x in r["label_savings"]]), ""]
 
     # Fig. 3, 5, 6.
     le = r["loss_estimation"]

@@ -176,7 +176,8 @@ def run_all(p: Protocol, methods: list[Method], train_set, test_set, out: Path, 
             device: str | torch.device | None = None, progress: bool = False, log_dir: Path | None = None,
             log: Callable[[str], None] = print) -> tuple[dict[str, dict[int, list[dict]]], dict]:
     """Run (or resume, or reuse) every (method, trial), trial-major so a partial bench already compares
-    every method; runs another process holds are skipped, then waited for at the end. Returns
+    every method; runs another process holds are skipped, then waited for at the end. Finished runs of trials
+    beyond the protocol's (added with benchmarks/extra_trials.py) are read and reported too. Returns
     `{label: {trial: records}}` and `{"reused": [...], "ran": [...]}`."""
     results: dict[str, dict[int, list[dict]]] = {m.label: {} for m in methods}  # grid cells: first grid_trials
     status = {"reused": [], "ran": []}
@@ -211,6 +212,14 @@ def run_all(p: Protocol, methods: list[Method], train_set, test_set, out: Path, 
                     lock.release()
             status["reused" if done else "ran"].append(name)
         todo = held
+    # trials beyond the protocol's, finished beside its runs (benchmarks/extra_trials.py): reported too
+    for m in methods:
+        t = p.trials if m.lam is None else p.grid_trials
+        while is_done(run_dir(out, m, t)):
+            path = run_dir(out, m, t) / "metrics.jsonl"
+            results[m.label][t] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            status["reused"].append(f"{m.slug}-trial{t}")
+            t += 1
     # back in plan order, trial-major
     ordered = {m.label: dict(sorted(results[m.label].items())) for m in methods}
     return ordered, status
