@@ -5,21 +5,17 @@ the flavor. Where the paper is silent all follow the code (the model continues a
 teacher persists, classification discrepancy is on softmax probabilities).
 
 The default (`ActiveLoop()`, `todal run`, the bench's `cpu` protocols, labeling projects) is the paper
-flavor with the three choices of the code that the evidence says matter, the first two measured one at a
-time on the `cpu` protocol, 3 paired trials (benchmarks/flavor-ablation, benchmarks/cod-first-cycle), the
-third on the `converged` protocol (benchmarks/converged-teacher-mode):
-- `consistency_reduction="mean"`: Eq. 7 averaged over the C outputs, as the code's `F.mse_loss`. As
-  printed, Eq. 7 sums them, which at the paper's λ = 0.05 weighs the TOD loss C times the authors' (10x
-  on 10 classes) and made cod + TOD loss end 2 points below random;
-- `first_cycle_lowest=True`: in the first cycle, with only the untrained model to compare with, COD
-  takes the lowest discrepancy as the code does; the highest (the text) labels the samples the model is
-  already sure of (Spearman with the true loss -0.86);
-- `teacher_train_mode=True`: the EMA teacher runs in train mode, normalising each unlabeled batch with
-  that batch's statistics as the student does (the code). In eval mode, its running statistics mix the
-  labeled and the unlabeled batches; once COD has labeled the samples that moved most, the two differ, the
-  eval-mode teacher's outputs differ from the train-mode student's by more than any weights can close,
-  and in the paper's regime (training to convergence every cycle) cod + TOD loss diverged from the 5th
-  cycle in 3 of 3 trials (training loss 0.4 -> 16-44, logits growing 8 -> 140), train mode did not.
+flavor with the three choices of the code that the evidence supports (the numbers are in the benchmarks
+named, each beside the command that measured it):
+- `consistency_reduction="mean"`: Eq. 7 averaged over the C outputs, as the code's `F.mse_loss`. Summed as
+  printed, the paper's λ weighs the TOD loss C times the authors' (benchmarks/flavor-ablation);
+- `first_cycle_lowest=True`: in the first cycle, with only the untrained model to compare with, COD takes
+  the lowest discrepancy as the code does; the highest (the text) picks the samples the model is already
+  sure of (benchmarks/cod-first-cycle);
+- `teacher_train_mode=True`: the EMA teacher runs in train mode, normalising each unlabeled batch with that
+  batch's statistics as the student does (the code). In eval mode its running statistics mix labeled and
+  unlabeled batches, which COD makes differ, and cod + TOD loss diverged when every cycle was trained to
+  convergence (benchmarks/converged-teacher-mode).
 `flavor="paper"` keeps Eq. 7 as printed, the highest pick and an eval-mode teacher; `flavor="official"` is
 the code.
 """

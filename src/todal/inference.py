@@ -129,8 +129,8 @@ def read_workers(dataset, workers: int | None = None) -> int:
             raise TodalError(f"read workers must be an integer >= 0, got {workers!r}; set TODAL_READ_WORKERS=0 "
                              "to read in the training process.")
         return n
-    # default none: on 2 cores with 28x28 PNGs, workers made an inference pass 1.12-1.18x and an epoch
-    # 1.5x slower (benchmarks/lazy-reading: startup and transfer outweigh decoding small files)
+    # default none: for small images the workers' startup and transfer outweigh the decoding they take over
+    # (benchmarks/lazy-reading)
     return 0
 
 

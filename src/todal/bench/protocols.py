@@ -104,12 +104,10 @@ class Protocol:
 # of the epochs, start 10%, +5% per cycle, 7 cycles, 3 trials, α 0.999, λ 0.05, crop + flip.
 PAPER = Protocol(name="paper", model="resnet18", grid_lams=(0.01, 0.05, 0.1), grid_alphas=(0.99, 0.999))
 
-# The whole suite (every strategy, 3 trials, Fig. 9/10 and the λ x α grid: 65 runs) on 2 CPU cores in about
-# two hours, two bench processes sharing one --out: the small CNN at width 0.5, 10 epochs a cycle, batch 64,
-# SGD 0.05, a low-budget start of 500 labels, +250 a cycle (500 .. 2,000 of 60,000; the paper's 10% .. 40% of
-# CIFAR would be 140x the training), each selection scoring a random 10,000 of the unlabeled pool (the LL4AL,
-# VAAL and TOD code bases score subsets too). benchmarks/fashion_mnist_core.py (issue 2) is the larger
-# 1,000 + 500, 12-epoch, whole-pool variant of the same experiment.
+# The whole suite on 2 CPU cores: the small CNN at width 0.5, 10 epochs a cycle, batch 64, SGD 0.05, a low-budget
+# start of 500 labels, +250 a cycle (500 .. 2,000 of 60,000; the paper's 10% .. 40% of CIFAR would be 140x the
+# training), each selection scoring a random 10,000 of the unlabeled pool (the LL4AL, VAAL and TOD code bases
+# score subsets too).
 CPU = dataclasses.replace(
     PAPER.with_train(epochs=10, batch_size=64, lr=0.05), name="cpu", model="small_cnn", model_options={"width": 0.5},
     initial=500, budget=250, strategies=("random", "entropy", "margin", "coreset", "badge", "ll4al", "cod"),
@@ -119,13 +117,12 @@ CPU = dataclasses.replace(
 # The `cpu` protocols run todal's default flavor (todal/flavor.py); `--set flavor=paper` is the paper's
 # equations as printed, which the committed benchmarks/fashion-mnist-cpu and fashion-mnist-scenes-cpu ran.
 
-# The paper's regime at CPU size (issue 14): every cycle trained to convergence, from 10% labels in +5% steps.
-# A seeded random pool of 6,000 Fashion-MNIST images per trial (600 .. 2,400 labeled over 7 cycles; the whole
-# pool scored, as in appendix B), 40 epochs a cycle with the lr drop at 80% (benchmarks/converged-epochs: the
-# loss flattens after the drop; the last cycle's test accuracy is 0.46 points below 60 epochs', +2.6 above
-# 20 epochs'), and α = 0.992 so that the EMA horizon 1/(1-α) = 125 steps
-# is about an eighth of a cycle (~940 steps on average here; the paper: ~1,000 of ~8,000). The methods of
-# Table 1, the uncertainty and diversity baselines, EMAOD, and cod + TOD loss under all three flavors.
+# The paper's regime at CPU size: every cycle trained to convergence, from 10% labels in +5% steps. A seeded
+# random pool of 6,000 Fashion-MNIST images per trial (600 .. 2,400 labeled over 7 cycles; the whole pool scored,
+# as in appendix B), 40 epochs a cycle with the lr drop at 80% (chosen in benchmarks/converged-epochs), and
+# α = 0.992 so that the EMA horizon 1/(1-α) = 125 steps is about an eighth of a cycle, the paper's proportion.
+# The methods of Table 1, the uncertainty and diversity baselines, EMAOD, and cod + TOD loss under all three
+# flavors.
 CONVERGED = dataclasses.replace(
     CPU.with_train(epochs=40), name="converged", pool_size=6000, initial=0.1, budget=0.05, score_subset=None,
     analysis_pool=None, ema_decay=0.992, grid_lams=(), grid_alphas=(), fig9=False,
@@ -152,14 +149,11 @@ SEG_PAPER = dataclasses.replace(
     task="segmentation", model="drn_d_22", strategies=SEG_STRATEGIES, grid_lams=(), grid_alphas=(), eval_batch_size=2,
     strategy_options={"qbc": {"scope": "all"}})
 
-# fashion-mnist-scenes on 2 CPU cores: `presets.PRESETS["fashion-mnist-scenes"]` (seg_cnn at width 0.5,
-# ~30k parameters, Adam 1e-3, batch 32, 10 epochs, no weight decay or lr drop) on 1,000 train and 500 test
-# scenes of 64x64 (Cityscapes: 2,975 and 500 images of 2048x1024), with the paper's fractions: 100 labeled
-# scenes at the start, +50 a cycle, 7 cycles (10% .. 40%), so ~550 steps a run. Measured with one thread on
-# the busy 2-core host: a plain step ~0.5 s, a semi-supervised one (student on a labeled and an unlabeled
-# batch, EMA teacher) ~0.65 s; MC-Dropout's default 20 passes over the pool made it the slowest selection,
-# hence 10 passes here. The 36 runs (Fig. 8's methods, the Table 1 ablation, EMAOD and the CyclicOD loss,
-# 3 trials) take about 2 hours with two bench processes sharing one --out.
+# fashion-mnist-scenes on 2 CPU cores: `presets.PRESETS["fashion-mnist-scenes"]` (seg_cnn at width 0.5, Adam
+# 1e-3, batch 32, 10 epochs, no weight decay or lr drop) on 1,000 train and 500 test scenes of 64x64 (Cityscapes:
+# 2,975 and 500 images of 2048x1024), with the paper's fractions: 100 labeled scenes at the start, +50 a cycle,
+# 7 cycles (10% .. 40%); MC-Dropout at 10 passes instead of 20 (its selection dominated a run's time,
+# benchmarks/segmentation-scoring/mc-dropout).
 SEG_CPU = dataclasses.replace(
     SEG_PAPER.with_train(epochs=10, batch_size=32, lr=1e-3), name="cpu", model="seg_cnn", model_options={"width": 0.5},
     eval_batch_size=256, dataset_options={"size": 1000, "test_size": 500}, analysis_pool=1000, requires_gpu=False,

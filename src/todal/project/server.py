@@ -184,7 +184,7 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
     index = {c: i for i, c in enumerate(classes)}
     name = meta.get("name") or project_dir.resolve().name
     # One writer at a time in this process: threads queue on a lock instead of SQLite's busy handler,
-    # which sleeps in growing steps (up to 100 ms) and made 8 concurrent annotators several times slower.
+    # which sleeps in growing steps and slowed concurrent annotators down (benchmarks/labeling-session).
     writing = threading.Lock()
 
     def locked(fn, *args):

@@ -192,8 +192,7 @@ class RowWriter:
     """Batches `[b, ...]` written in order into one float32 CPU tensor `[n, ...]`, allocated at the first.
 
     Not a list and `torch.cat`: that holds every batch twice at the end, and a million small pieces
-    interleaved with the forward passes' temporaries fragment the heap (measured in
-    benchmarks/pool-scale: BADGE's outputs and features took 4.7x their size at 10^5 samples)."""
+    interleaved with the forward passes' temporaries fragment the heap (benchmarks/pool-scale)."""
 
     def __init__(self, n: int):
         self.n, self.pos, self.out = n, 0, None
