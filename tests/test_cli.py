@@ -24,7 +24,10 @@ def test_run_writes_results_plot_and_table(tmp_path, capsys):
     assert main(["run", "--workdir", str(tmp_path / "r"), *FAST]) == 0
     out = capsys.readouterr().out
     res = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert set(res["strategies"]) == {"cod+semi", "random"}
+    assert set(res["strategies"]) == {"cod", "random"}  # the TOD loss is off by default (todal.flavor.DEFAULT_SEMI)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["semi_supervised"] is False
+    assert main(["run", "--workdir", str(tmp_path / "s"), "--strategy", "cod+semi", "--baseline", "none", *FAST]) == 0
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["semi_supervised"] is True
     assert (tmp_path / "r" / "learning_curve.png").stat().st_size > 1000
     assert "acc %" in out and "AUBC" in out
     assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2

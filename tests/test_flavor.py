@@ -67,7 +67,8 @@ def test_a_teacher_without_its_batchnorm_statistics_must_run_in_train_mode():
 
 
 def _loop(tmp_path, flavor, model=TwoHead, overrides=None, **kw):
-    kw = {"initial": 20, "budget": 10, "cycles": 2, "epochs": 2, "train": {"batch_size": 8, "lr": 0.05}, **kw}
+    kw = {"initial": 20, "budget": 10, "cycles": 2, "epochs": 2, "train": {"batch_size": 8, "lr": 0.05},
+          "semi_supervised": True, **kw}
     return ActiveLoop(model, blobs(120, 0, name=kw.pop("name", "tiny")), blobs(30, 1), strategy="cod",
                       workdir=tmp_path / flavor, flavor={"name": flavor, **overrides} if overrides else flavor, **kw)
 

@@ -16,7 +16,7 @@ from .project import cli as project_cli
 from .atomic import write_json
 from .ema import DEFAULT_DECAY
 from .errors import TodalError
-from .flavor import FLAVORS, Flavor
+from .flavor import DEFAULT_SEMI, FLAVORS, Flavor
 from .loop import ActiveLoop, default_task
 from .models.source import ModelSource
 from .train import TrainConfig
@@ -87,12 +87,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="one active learning run (and a baseline to compare with)",
-                         description="With no arguments: COD + semi-supervised training against random "
-                                     "sampling on the embedded digits data, in a few minutes.")
+                         description="With no arguments: COD sampling against random sampling on the embedded "
+                                     "digits data, in a few minutes.")
     _common(run)
     run.add_argument("--strategy", default="cod")
-    run.add_argument("--semi", action=argparse.BooleanOptionalAction, default=True,
-                     help="add the TOD consistency loss on unlabeled data (Eq. 9)")
+    run.add_argument("--semi", action=argparse.BooleanOptionalAction, default=None,
+                     help="add the TOD consistency loss on unlabeled data (Eq. 9); default: the task's "
+                          "(todal.flavor.DEFAULT_SEMI: off)")
     run.add_argument("--baseline", default="random", help="strategy run beside it for comparison, or 'none'")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--workdir", default=None, help="run directory (default: runs/<dataset>-<strategy>-seed<S>)")
@@ -197,11 +198,13 @@ def _load_data(args):
 
 def cmd_run(args, argv) -> None:
     data = _load_data(args)
-    name, _ = _spec(args.strategy)
-    runs = [(name, args.semi)]
+    name, plus_semi = _spec(args.strategy)
+    task = args.task or default_task(data[0])
+    semi = True if plus_semi else DEFAULT_SEMI[task] if args.semi is None else args.semi
+    runs = [(name, semi)]
     if args.baseline != "none":
         base = _spec(args.baseline)
-        if base != (name, args.semi):
+        if base != (name, semi):
             runs.append(base)
     summaries = {}
     root = Path(args.workdir) if args.workdir else None
@@ -212,7 +215,7 @@ def cmd_run(args, argv) -> None:
         workdir = (root if i == 0 else root / f"baseline-{label}") if root else Path("runs") / stem
         records = _execute(_loop(args, data, strategy, semi, args.seed, workdir, options[strategy]), label)
         summaries[label] = summarize({args.seed: records})
-    out = root or Path("runs") / f"{Path(args.dataset).stem}-{_label(name, args.semi)}-seed{args.seed}"
+    out = root or Path("runs") / f"{Path(args.dataset).stem}-{_label(name, semi)}-seed{args.seed}"
     _write_outputs(out, summaries, args, argv)
     if len(summaries) > 1:
         print(compare_table(summaries))

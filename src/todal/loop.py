@@ -37,7 +37,7 @@ from .atomic import write_json, write_jsonl
 from .ema import DEFAULT_DECAY, EMA
 from .engine import Checkpoints, Engine, Seeds, generator
 from .errors import Bool, Int, Real, TodalError, param_error, validate
-from .flavor import FLAVOR_BEFORE_CHOICES, Flavor, resolve
+from .flavor import DEFAULT_SEMI, FLAVOR_BEFORE_CHOICES, Flavor, resolve
 from .inference import chunks, fetch
 from .labeled import PoolLabels
 from .models.source import ModelSource, model_source
@@ -88,7 +88,7 @@ def _plain(value):
 _LOOP_RULES = {
     "cycles": Int(lo=1), "seed": Int(), "ema_decay": Real(lo=0, hi=1, hi_open=True),
     "eval_batch_size": Int(lo=1, optional=True), "num_classes": Int(lo=1, optional=True),
-    "semi_supervised": Bool(), "reinit": Bool(), "keep_checkpoints": Bool(), "progress": Bool(),
+    "semi_supervised": Bool(optional=True), "reinit": Bool(), "keep_checkpoints": Bool(), "progress": Bool(),
 }
 
 
@@ -201,7 +201,8 @@ class ActiveLoop:
             `todal.models.ModelSource` (a name with its options, ...).
         train_set, test_set: indexable datasets of `(x, y)`; indices of `train_set` identify samples.
         strategy: a strategy name or instance (`todal.strategies.get(name, **options)`).
-        semi_supervised: add the TOD loss of Eq. 7 (Eq. 9).
+        semi_supervised: add the TOD loss of Eq. 7 (Eq. 9); None: the task's default (`todal.flavor.DEFAULT_SEMI`,
+            off: the evidence says COD sampling does as well or better without it).
         initial, budget: fractions of the training set in (0, 1] or counts. cycles: training cycles (the last
             one is not followed by a selection). seed: every random draw of the run.
         task: "classification" or "segmentation" (None: `default_task(train_set)`).
@@ -223,7 +224,7 @@ class ActiveLoop:
     """
 
     def __init__(self, model: str | Callable[[], nn.Module] | ModelSource, train_set, test_set, *,
-                 strategy: str | Strategy = "cod", semi_supervised: bool = True, initial=0.1, budget=0.05,
+                 strategy: str | Strategy = "cod", semi_supervised: bool | None = None, initial=0.1, budget=0.05,
                  cycles: int = 7, epochs: int | None = None, workdir=None, seed: int = 0, task: str | None = None,
                  train: TrainConfig | dict | None = None, flavor: str | Flavor | dict = "default",
                  ema_decay: float = DEFAULT_DECAY, reinit: bool = False, augment: Callable | bool | None = None,
@@ -274,6 +275,8 @@ class ActiveLoop:
         self.flavor: Flavor = resolve(flavor, self.dataset_name)
         self.task_name = default_task(train_set) if task is None else task
         get_task(self.task_name, 1)  # an unknown task names the valid ones now
+        if self.semi_supervised is None:
+            self.semi_supervised = DEFAULT_SEMI[self.task_name]
         if self.task_name == "segmentation" and isinstance(oracle, FileOracle):
             raise TodalError("FileOracle reads class labels from labels.csv and cannot take segmentation masks; "
                              "for task='segmentation' the masks come from the dataset (leave oracle unset).")
