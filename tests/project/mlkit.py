@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +71,30 @@ def annotation_event(action: str, ident: int, task: dict, choice: str | None, *,
 def task(ident: int, data: dict, project: int = 5) -> dict:
     """A task as Label Studio serializes it in webhooks and /predict (the fields that matter here)."""
     return {"id": ident, "data": data, "meta": {}, "project": project, "annotations": [], "predictions": []}
+
+
+def start_backend(project: Path, port: int, *extra: str, env: dict | None = None, log: Path | None = None,
+                  timeout: float = 60.0) -> subprocess.Popen:
+    """`python -m todal.project.mlbackend PROJECT --port PORT` in a subprocess, returned once /health answers."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "todal.project.mlbackend", str(project), "--port", str(port), *extra]
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, env=full, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log is not None:
+            out.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the ML backend exited with {proc.returncode}" +
+                               (f": {log.read_text()[-2000:]}" if log else ""))
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"the ML backend did not answer within {timeout} s")

@@ -35,7 +35,8 @@ answer; a skipped or emptied annotation, and ANNOTATIONS_DELETED, withdraw it (a
 and every `retrain_every` new labels, run `Project.step` in a background thread, one at a time; a step
 killed midway is finished when the backend starts again. A finished step is a new model version; with
 LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY set, the backend then asks Label Studio to retrieve the new
-predictions and makes it the project's model version (which orders the tasks).
+predictions, makes the version the project's (the one Label Studio shows and orders by) and deletes the
+predictions of earlier todal versions there.
 """
 
 from __future__ import annotations
@@ -168,6 +169,14 @@ class LabelStudio:
     def set_model_version(self, project: int, version: str) -> None:
         """The project's model version: the predictions Label Studio shows, orders by score and samples by."""
         self._call("PATCH", f"/api/projects/{int(project)}", {"model_version": version})
+
+    def model_versions(self, project: int) -> list[str]:
+        """The model versions of the project's predictions."""
+        found = json.loads(self._call("GET", f"/api/projects/{int(project)}/model-versions/"))
+        return list(found) if isinstance(found, dict) else [r["model_version"] for r in found]
+
+    def delete_predictions(self, project: int, version: str) -> None:
+        self._call("DELETE", f"/api/projects/{int(project)}/model-versions/", {"model_version": version})
 
     def image(self, url: str) -> bytes | None:
         """The bytes of an image Label Studio serves (a path such as /data/upload/..., or a URL on its host)."""
@@ -449,6 +458,9 @@ class Sync:
                 try:
                     self.label_studio.retrieve_predictions(project)
                     self.label_studio.set_model_version(project, version)
+                    for old in self.label_studio.model_versions(project):  # a step's predictions replace the last's
+                        if old.startswith("todal-step-") and old != version:
+                            self.label_studio.delete_predictions(project, old)
                     self.errors.pop(project, None)
                     log.info("Label Studio project %d: predictions of %s retrieved", project, version)
                 except (urllib.error.URLError, OSError, ValueError) as e:
