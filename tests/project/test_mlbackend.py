@@ -427,3 +427,22 @@ def test_a_segmentation_project_is_refused(tmp_path):
 
 def test_the_model_version_names_the_step():
     assert version_of(0) == "todal-step-0-no-model" and version_of(3) == "todal-step-3"
+
+
+def test_a_step_left_unfinished_is_finished_at_start_with_the_options_it_began_with(tmp_path, monkeypatch):
+    import todal.project.core as core
+
+    project, truth = make_project(tmp_path)
+    label_queue(project, truth)
+    with monkeypatch.context() as m:
+        m.setattr(core.Project, "_run_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+        with pytest.raises(RuntimeError):
+            project.step(budget=5, strategy="margin")
+    assert [r["state"] for r in project.store.steps()] == ["done", "started"]
+    c = client(project, budget=100, strategy="cod")  # other options: the unfinished step keeps its own
+    try:
+        wait_step(c.backend, 1)
+    finally:
+        c.backend.close()
+    metrics = project.store.steps()[1]["metrics"]
+    assert (metrics["strategy"], metrics["queued"]) == ("margin", 5)
