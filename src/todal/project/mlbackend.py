@@ -610,6 +610,13 @@ class Backend:
     def seen(self, project: int) -> None:
         self.projects.add(project)
 
+    def setup(self, project: int) -> str:
+        """Label Studio connects (or checks) the backend for `project`: the model version it serves."""
+        self.seen(project)
+        if self.sync is not None:
+            self.sync.request({project}, unless_synced=True)
+        return self.version()
+
     # --- predictions ---------------------------------------------------------------------------
     def predict(self, tasks: list[dict], config: LabelConfig, project: int | None) -> list[dict]:
         samples = self.matcher.match(tasks, config.image_key)
@@ -691,7 +698,10 @@ class Backend:
                 self.store.note_unmatched(unmatched, source=SOURCE)
         if project is not None:
             self.seen(project)
-        return {"written": written, "duplicates": duplicates, "withdrawn": withdrawn, "unmatched": len(unmatched)}
+        out = {"written": written, "duplicates": duplicates, "withdrawn": withdrawn, "unmatched": len(unmatched)}
+        if written and self.steps.due(self.store):
+            out["step"] = "started" if self.steps.request() else "queued"
+        return out
 
     def _choice(self, annotation: dict, config: LabelConfig, action: str, ident: int) -> int | None:
         """The class an annotation gives; None for a skipped (cancelled) or empty one."""
@@ -758,10 +768,7 @@ def make_app(project_dir, *, credentials: tuple[str, str] | None = None, retrain
         body = await _json(request)
         project = _project_id(body.get("project"), "/setup")
         backend.config(_field(body, "schema", str, "/setup"))
-        backend.seen(project)
-        if backend.sync is not None:
-            backend.sync.request({project}, unless_synced=True)
-        return JSONResponse({"model_version": backend.version()})
+        return JSONResponse({"model_version": await run_in_threadpool(backend.setup, project)})
 
     async def predict(request: Request) -> JSONResponse:
         body = await _json(request)
@@ -781,10 +788,7 @@ def make_app(project_dir, *, credentials: tuple[str, str] | None = None, retrain
         body = await _json(request)
         action = _field(body, "action", str, "/webhook")
         if action in LABEL_ACTIONS:
-            out = await run_in_threadpool(backend.labels, body, action)
-            if backend.steps.due(backend.store):
-                out["step"] = "started" if backend.steps.request() else "queued"
-            return JSONResponse({"status": "ok", **out})
+            return JSONResponse({"status": "ok", **await run_in_threadpool(backend.labels, body, action)})
         if action == "ANNOTATIONS_DELETED":
             return JSONResponse({"status": "ok", **await run_in_threadpool(backend.deleted, body)})
         if action == "START_TRAINING":
@@ -792,7 +796,7 @@ def make_app(project_dir, *, credentials: tuple[str, str] | None = None, retrain
         if action == "TASKS_CREATED" and backend.sync is not None and body.get("project") is not None:
             project = _project_id(body["project"], action)
             backend.seen(project)
-            backend.sync.request({project})
+            await run_in_threadpool(backend.sync.request, {project})
         return JSONResponse({"status": "ignored", "action": action})
 
     async def train(request: Request) -> JSONResponse:
