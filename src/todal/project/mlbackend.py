@@ -629,7 +629,7 @@ class Backend:
             r["score"] = float(score[k])
             if top[k] >= 0:
                 r["result"] = [{"from_name": config.from_name, "to_name": config.to_name, "type": "choices",
-                                "value": {"choices": [self.classes[int(top[k])]]}, "score": float(prob[k])}]
+                                "value": {"choices": [self.classes[int(top[k])]]}, "score": round(float(prob[k]), 4)}]
         self._note(tasks, samples, project, config.image_key)
         return results
 
