@@ -62,12 +62,15 @@ def scene(tmp_path_factory):
     with label_studio(base, LOCAL) as ls:
         project, truth = make_project(ls.files, n=36, seed_batch=12)
         project.store.close()
-        port = free_port()
-        backend = start_backend(project.root, port, "--retrain-every", str(RETRAIN_EVERY), "--budget", "8",
-                                env={"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token},
-                                log=base / "backend.log")
         api = httpx.Client(base_url=ls.url, headers={"Authorization": f"Token {ls.token}"}, timeout=120.0,
                            trust_env=False)
+        # the backend's key: a personal access token (a JWT refresh token), what 1.23 gives new users
+        key = _ok(api.post("/api/token/"))["token"]
+        assert key.count(".") == 2
+        port = free_port()
+        backend = start_backend(project.root, port, "--retrain-every", str(RETRAIN_EVERY), "--budget", "8",
+                                env={"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": key},
+                                log=base / "backend.log")
         try:
             yield Scene(api, project.root, truth, f"http://127.0.0.1:{port}", base)
         finally:
