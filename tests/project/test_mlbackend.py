@@ -306,6 +306,14 @@ def test_a_malformed_request_gets_a_4xx_with_one_line_and_writes_nothing(api, pr
     assert snapshot(proj.root) == before
 
 
+def test_the_reason_of_a_refused_request_is_logged(api, caplog):
+    # Label Studio keeps only "422 Client Error" of a refused /setup: the backend's log says why
+    with caplog.at_level("WARNING", logger="todal.mlbackend"):
+        r = api.post("/setup", json={"project": "5.1", "schema": CONFIG.replace('"dog"', '"cow"')})
+    assert r.status_code == 422
+    assert "POST /setup refused (422): The labeling config's choices (cat, cow, bird)" in caplog.text
+
+
 @pytest.mark.parametrize("raw, content_type, status", [(b"{not json", "application/json", 400),
                                                        (b"[1, 2]", "application/json", 400),
                                                        (b'{"action": "START_TRAINING"}', "text/plain", 415)])

@@ -810,7 +810,10 @@ def make_app(project_dir, *, credentials: tuple[str, str] | None = None, retrain
         return JSONResponse({"versions": [version_of(s) for s in done]})
 
     async def bad_request(request: Request, exc: Exception) -> JSONResponse:
-        return _error(str(exc), exc.status if isinstance(exc, BadRequest) else 422)
+        status = exc.status if isinstance(exc, BadRequest) else 422
+        # Label Studio shows only "422 Client Error" of a refused call: the reason goes to this log
+        log.warning("%s %s refused (%d): %s", request.method, request.url.path, status, " ".join(str(exc).split()))
+        return _error(str(exc), status)
 
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
