@@ -391,9 +391,9 @@ class Steps:
     def _run(self) -> None:
         from .core import Project
 
-        t0 = time.perf_counter()
-        project = Project(self.root)
+        t0, project = time.perf_counter(), None
         try:
+            project = Project(self.root)
             row = project.store.steps()[-1]
             if row["state"] != "done":  # resume with the options it started with, or Project.step refuses
                 c = row["config"]
@@ -420,7 +420,8 @@ class Steps:
             log.exception("step %s failed", self.running)
         finally:
             self.running = None
-            project.store.close()
+            if project is not None:
+                project.store.close()
 
 
 class Sync:
@@ -463,7 +464,7 @@ class Sync:
                             self.label_studio.delete_predictions(project, old)
                     self.errors.pop(project, None)
                     log.info("Label Studio project %d: predictions of %s retrieved", project, version)
-                except (urllib.error.URLError, OSError, ValueError) as e:
+                except Exception as e:  # Label Studio down, a key refused, an answer not understood: logged, not fatal
                     self.errors[project] = f"{type(e).__name__}: {e}"
                     log.warning("Label Studio project %d: could not retrieve the predictions of %s (%s); check "
                                 "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", project, version, e)
