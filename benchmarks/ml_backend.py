@@ -218,8 +218,8 @@ def main() -> None:
                 time.sleep(0.02)
                 h = health(url)
             metrics = next(r for r in Project(work / "project").store.steps() if r["step"] == s)["metrics"]
-            rnd = {"step": s, "labels": metrics["labeled"], "webhooks": lab, "trigger_webhook_ms": round(1000 * t_answer, 2),
-                   "to_new_version_s": round(t_version, 2), "to_first_prediction_s": round(t_served, 2),
+            rnd = {"step": s, "labels": metrics["labeled"], "webhooks": lab,
+                   "trigger_webhook_ms": round(1000 * t_answer, 2), "to_new_version_s": round(t_version, 2), "to_first_prediction_s": round(t_served, 2),
                    "first_predict_ms": round(1000 * dt, 1), "step_s": h["step"]["last"]["seconds"],
                    "train_s": metrics["train_time_s"], "score_s": metrics["score_time_s"]}
             res["rounds"].append(rnd)
@@ -301,7 +301,8 @@ def render(res: dict) -> str:
     lines += ["", f"A batch is one forward pass of the step's model over the tasks' cached images; {res['images']:,} "
               "tasks is what Label Studio's \"Retrieve predictions\" sends for the whole project.", "",
               "## Webhooks, 8 concurrent annotators", "",
-              "| when | webhooks | per second | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) |", "|---|---|---|---|---|---|---|"]
+              "| when | webhooks | per second | p50 (ms) | p95 (ms) | p99 (ms) | max (ms) |",
+              "|---|---|---|---|---|---|---|"]
     for name, w in (("no step running (the seed batch)", res["webhooks_idle"]),
                     ("while a step trains", res["webhooks_during_step"])):
         lines.append(f"| {name} | {w['webhooks']} | {w['per_s']} | {w['p50_ms']} | {w['p95_ms']} | {w['p99_ms']} | "

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lskit import free_port, label_studio, stop
+from lskit import free_port, label_studio
 from mlkit import CLASSES, make_project, start_backend
 from PIL import Image
 
@@ -162,8 +162,9 @@ def test_label_studio_retrieves_todals_predictions_for_tasks_imported_every_way(
     _ok(api.post(f"/api/projects/{pid}/import", json=plain))
     images = scene.root.parent / "images"
     foreign = png(np.random.default_rng(99).integers(0, 256, (12, 12), dtype=np.uint8))
-    for name, raw in ((Path(by_name).name, (images / by_name).read_bytes()), ("copy.png", (images / by_copy).read_bytes()),
-                      ("foreign.png", foreign)):
+    uploads = ((Path(by_name).name, (images / by_name).read_bytes()), ("copy.png", (images / by_copy).read_bytes()),
+               ("foreign.png", foreign))
+    for name, raw in uploads:
         _ok(api.post(f"/api/projects/{pid}/import", files={"file": (name, raw, "image/png")}))
     # Label Studio's Data Manager action "Retrieve predictions" (the button; the backend also asks it itself)
     _ok(api.post("/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": pid},

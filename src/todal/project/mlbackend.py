@@ -840,7 +840,8 @@ def credentials_from_env(host: str) -> tuple[str, str] | None:
         raise TodalError("Set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither.")
     if password and len(password) < MIN_TOKEN:
         raise TodalError(f"BASIC_AUTH_PASS must be at least {MIN_TOKEN} characters (a short one can be guessed). Got "
-                         f"{len(password)}; make one with `python -c 'import secrets; print(secrets.token_urlsafe(24))'`.")
+                         f"{len(password)}; make one with "
+                         "`python -c 'import secrets; print(secrets.token_urlsafe(24))'`.")
     if host not in LOOPBACK and not user:
         raise TodalError(f"--host {host} lets other machines in: set BASIC_AUTH_USER and BASIC_AUTH_PASS (a password "
                          f"of at least {MIN_TOKEN} characters) and connect Label Studio with them, or bind 127.0.0.1.")
