@@ -1,8 +1,17 @@
-"""Tiny todal labeling projects for the Label Studio tests: PNGs on disk, a Store with one step's queue."""
+"""Tiny todal labeling projects for the Label Studio tests: PNGs on disk, a Store with one step's queue; a real
+Label Studio server (`label_studio`)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -61,3 +70,89 @@ def export_task(ident: int, data: dict, annotations: list[dict]) -> dict:
             "created_at": "2025-01-01T09:00:00.000000Z", "updated_at": "2025-01-01T10:00:00.000000Z",
             "inner_id": ident, "total_annotations": len(annotations), "cancelled_annotations": 0,
             "total_predictions": 0, "project": 1}
+
+
+# --- a real Label Studio server -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+LABEL_STUDIO = Path(os.environ.get("TODAL_LABEL_STUDIO", REPO / ".venv-label-studio" / "bin" / "label-studio"))
+START_TIMEOUT = 240.0  # the first start runs Django's migrations (~25 s on 2 idle cores; more when they are busy)
+
+
+@dataclass
+class LabelStudioServer:
+    url: str
+    token: str  # the admin's legacy API token (`Authorization: Token <t>`)
+    files: Path  # LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
+    log: Path
+    proc: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to the process group (`label-studio start` runs Django's server as a child)."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def label_studio(base: Path, env: dict | None = None):
+    """Label Studio 1.23 on 127.0.0.1 with its data under `base`, an admin and a legacy API token; yields a
+    `LabelStudioServer`. Skips the test when it is not installed (fails under CI)."""
+    import httpx
+    import pytest
+
+    if not LABEL_STUDIO.exists():
+        why = f"Label Studio is not installed at {LABEL_STUDIO}; run scripts/setup_label_studio.sh"
+        if os.environ.get("CI"):
+            pytest.fail(why + " (CI must run this test)")
+        pytest.skip(why)
+    files = base / "files"
+    files.mkdir(parents=True, exist_ok=True)
+    port, token = free_port(), secrets.token_hex(20)
+    # A clean environment: Label Studio also reads unprefixed HOST, PORT, USERNAME, ... variables.
+    clean = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT") if k in os.environ}
+    clean.update(HOME=str(base), LABEL_STUDIO_BASE_DATA_DIR=str(base / "data"),
+                 LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true", LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files),
+                 # No traffic beyond 127.0.0.1: no version check, analytics, error reports or resource downloads.
+                 LABEL_STUDIO_LATEST_VERSION_CHECK="false", LABEL_STUDIO_COLLECT_ANALYTICS="false",
+                 LABEL_STUDIO_SENTRY_DSN="", LABEL_STUDIO_FRONTEND_SENTRY_DSN="",
+                 LABEL_STUDIO_CONVERTER_DOWNLOAD_RESOURCES="false", LABEL_STUDIO_DEBUG="false", **(env or {}))
+    log = base / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(LABEL_STUDIO), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
+             "--username", "todal@example.org", "--password", secrets.token_hex(12), "--user-token", token,
+             "--enable-legacy-api-token"],
+            env=clean, cwd=base, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"Label Studio exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Label Studio did not answer in {START_TIMEOUT:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield LabelStudioServer(url, token, files, log, proc)
+    finally:
+        stop(proc)

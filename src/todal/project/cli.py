@@ -1,4 +1,4 @@
-"""`todal init | annotate | step | status | export | import`: a labeling project from the command line."""
+"""`todal init | annotate | step | status | export | import | ml-backend`: a labeling project from the command line."""
 
 from __future__ import annotations
 
@@ -36,6 +36,27 @@ def add_annotate_arguments(p) -> None:
 def annotate_options(args) -> dict:
     """`serve`'s keyword arguments from the options `add_annotate_arguments` defines."""
     return {"host": args.host, "port": args.port, "token": args.token, "quiet": args.quiet}
+
+
+def add_ml_backend_arguments(p) -> None:
+    """The options of `todal ml-backend`, which `python -m todal.project.mlbackend` takes too."""
+    p.add_argument("project", help="the project folder (holds project.db)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (any other than loopback needs BASIC_AUTH_USER and BASIC_AUTH_PASS)")
+    p.add_argument("--port", type=int, default=9090)
+    p.add_argument("--retrain-every", type=int, default=100, metavar="N",
+                   help="run a step after every N new labels from Label Studio (default 100; 0: only when Label "
+                        "Studio asks, Start Training)")
+    p.add_argument("--budget", type=int, default=100, help="how many samples each step queues (default 100)")
+    p.add_argument("--strategy", default="cod", help="the steps' strategy, any of `todal strategies` (default cod)")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+
+
+def ml_backend_options(args) -> dict:
+    """`mlbackend.serve`'s keyword arguments from the options `add_ml_backend_arguments` defines."""
+    return {"host": args.host, "port": args.port, "retrain_every": args.retrain_every, "budget": args.budget,
+            "strategy": args.strategy, "device": args.device, "quiet": args.quiet}
 
 
 def add_parsers(sub) -> None:
@@ -97,6 +118,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--document-root", default=None,
                    help="label-studio local-files: Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (default: "
                         "the parent of the images folder)")
+
+    add_ml_backend_arguments(sub.add_parser(
+        "ml-backend", help="serve the project as Label Studio's ML backend (predictions, labels by webhook, steps)",
+        description="Label Studio as the labeling front end: connect this server in the Label Studio project's "
+                    "Settings -> Model. It predicts with the latest step's model (scores in todal's selection order), "
+                    "records the annotations Label Studio posts to /webhook in the project, and runs steps in the "
+                    "background. LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY let it refresh Label Studio's predictions "
+                    "after each step."))
 
     p = sub.add_parser("import", help="labels from a file: csv (path,label), label-studio (its JSON export), masks")
     p.add_argument("project")
@@ -187,6 +216,11 @@ def cmd_status(args) -> None:
             print(f"{r['step']:>4}  {r['labeled']:>6}  {r['strategy']:<8}  {acc:<40} {guess}")
     if st["learning_curve"]:
         print(f"learning curve: {st['learning_curve']}")
+    if st["unmatched"]["count"]:
+        u = st["unmatched"]
+        print(f"label studio: {u['count']} tasks whose image is not in this project, e.g. "
+              + "; ".join(f"{key} ({detail})" for _, key, detail in u["examples"][:3])
+              + f"; add the images under {st['images']} and run `todal init` again (todal ml-backend)")
     rec = st.get("recommendation")
     if rec:
         e = rec["estimate"]
@@ -235,5 +269,13 @@ def cmd_import(args) -> None:
           + (f"; {len(r['problems'])} rows could not be used" if r["problems"] else ""))
 
 
+def cmd_ml_backend(args) -> None:
+    from .core import Project
+    from .mlbackend import serve
+
+    Project(args.project)  # a clear error for a folder that is not a project
+    serve(args.project, **ml_backend_options(args))
+
+
 COMMANDS = {"init": cmd_init, "annotate": cmd_annotate, "step": cmd_step, "status": cmd_status,
-            "export": cmd_export, "import": cmd_import}
+            "export": cmd_export, "import": cmd_import, "ml-backend": cmd_ml_backend}

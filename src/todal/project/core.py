@@ -812,4 +812,5 @@ class Project:
                 "per_class": prog["per_class"], "per_annotator": prog["per_annotator"],
                 "queue": {"waiting": prog["queued"], "batch": prog["batch"]}, "steps": steps,
                 "learning_curve": str(self.root / "learning_curve.png")
-                if (self.root / "learning_curve.png").exists() else None}
+                if (self.root / "learning_curve.png").exists() else None,
+                "unmatched": self.store.unmatched()}

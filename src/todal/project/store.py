@@ -10,6 +10,9 @@ Tables:
     leases    sample -> holder, until: who is labeling it now (one holder per sample)
     skips     (sample, annotator): not shown to that annotator again
     steps     step -> state (started | trained | done), the label snapshot it read, config, metrics
+    external  answers given in another tool (Label Studio), by that tool's id: the sample, the label row it
+              wrote, withdrawn (deleted there); so a deletion there becomes an "undo" row here
+    unmatched tasks of another tool whose image is not in the project (reported by `todal status`)
 
 Every write is one transaction; with `synchronous=FULL` an acknowledged label survives a kill -9 of
 any process. Readers see a consistent snapshot while writers go on (WAL).
@@ -91,6 +94,25 @@ CREATE TABLE IF NOT EXISTS steps (
     finished REAL
 );
 """
+# Tables added after format version 1 was released: created on open where missing (old projects read on).
+_EXTRA_SCHEMA = """
+CREATE TABLE IF NOT EXISTS external (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    sample INTEGER NOT NULL REFERENCES samples(id),
+    label INTEGER NOT NULL REFERENCES labels(id),
+    withdrawn INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (source, key)
+);
+CREATE INDEX IF NOT EXISTS external_sample ON external(sample, label);
+CREATE TABLE IF NOT EXISTS unmatched (
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    seen REAL NOT NULL,
+    PRIMARY KEY (source, key)
+);
+"""
 
 # The latest answer per sample among the rows with id <= ? (a snapshot).
 _CURRENT = """
@@ -137,6 +159,7 @@ class Store:
             raise TodalError(f"No todal project database at {self.path}; run `todal init` first.")
         self._local = threading.local()
         self._check()
+        self._upgrade()
 
     # --- connection ---------------------------------------------------------------------------
     @classmethod
@@ -148,7 +171,7 @@ class Store:
         con = sqlite3.connect(path, isolation_level=None)
         try:
             con.execute("PRAGMA journal_mode=WAL")
-            con.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            con.executescript("BEGIN;" + _SCHEMA + _EXTRA_SCHEMA + "COMMIT;")
             rows = [("format", FORMAT), ("version", VERSION), *meta.items()]
             con.execute("BEGIN IMMEDIATE")
             con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in rows])
@@ -185,6 +208,11 @@ class Store:
         if json.loads(rows.get("version", "null")) != VERSION:
             self.close()
             raise _corrupt(self.path, f"format version {rows.get('version')}, this todal reads {VERSION}")
+
+    def _upgrade(self) -> None:
+        have = {r[0] for r in self._con().execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"external", "unmatched"} <= have:
+            self._con().executescript("BEGIN IMMEDIATE;" + _EXTRA_SCHEMA + "COMMIT;")
 
     def _write(self):
         """A write transaction that takes the lock up front (no deadlock between two upgrading readers)."""
@@ -236,6 +264,13 @@ class Store:
 
     def num_samples(self) -> int:
         return self._con().execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+
+    def samples_stamp(self) -> tuple:
+        """A cheap fingerprint of the samples table: it changes when a sample is added, moved, changed or goes
+        missing (what `todal init` writes), so a cache of it knows when to rebuild."""
+        return self._con().execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(path) * (id + 1)), 0), COALESCE(SUM(CASE status WHEN 'ok' THEN "
+            "id + 1 ELSE 0 END), 0), COALESCE(SUM(bytes * (id + 1)), 0) FROM samples").fetchone()
 
     def sample_path(self, sample: int) -> str | None:
         row = self._con().execute("SELECT path FROM samples WHERE id = ?", (int(sample),)).fetchone()
@@ -313,6 +348,85 @@ class Store:
         rows = self._con().execute(f"SELECT {', '.join(cols)} FROM labels WHERE sample = ? ORDER BY id", (int(sample),))
         return [dict(zip(cols, r)) for r in rows]
 
+    def labels_since(self, snapshot: int, source: str) -> int:
+        """How many label rows from `source` were written after the row `snapshot` (a step's snapshot)."""
+        return self._con().execute("SELECT COUNT(*) FROM labels WHERE id > ? AND source = ? AND kind = 'label'",
+                                   (int(snapshot), source)).fetchone()[0]
+
+    # --- answers given in another tool --------------------------------------------------------
+    def add_external(self, rows: Sequence[dict], *, source: str) -> tuple[int, int]:
+        """Answers given in another tool, in one transaction: dicts with key (that tool's id of the answer),
+        sample, class, annotator and request. Each is a label row (duplicates as in `add_label`) linked to its
+        key, so `withdraw_external` can take it back. Returns `(written, duplicates)`."""
+        for r in rows:
+            self._check_answer(r["sample"], r["class"], "label")
+        now, written = time.time(), 0
+        with self._write() as con:
+            for r in rows:
+                row, dup = self._insert_label(con, int(r["sample"]), r["class"], "label", r["annotator"], source,
+                                              r.get("request"), None, now)
+                con.execute("INSERT OR REPLACE INTO external VALUES (?, ?, ?, ?, 0)",
+                            (source, str(r["key"]), int(r["sample"]), row))
+                written += not dup
+        return written, len(rows) - written
+
+    def withdraw_external(self, keys: Iterable[str], *, source: str) -> int:
+        """Take back answers given in another tool (deleted or emptied there), in one transaction.
+
+        Where the withdrawn answer is its sample's current one, an "undo" row is written (the history is kept),
+        then the latest answer to the sample still standing in that tool, if any, is written again. Returns how
+        many samples changed their current answer."""
+        now, changed = time.time(), 0
+        with self._write() as con:
+            for key in keys:
+                row = con.execute("SELECT sample, label FROM external WHERE source = ? AND key = ? AND withdrawn = 0",
+                                  (source, str(key))).fetchone()
+                if row is None:
+                    continue
+                sample, label = row
+                con.execute("UPDATE external SET withdrawn = 1 WHERE source = ? AND key = ?", (source, str(key)))
+                last = con.execute("SELECT MAX(id) FROM labels WHERE sample = ?", (sample,)).fetchone()[0]
+                if last != label:
+                    continue  # answered again since (here or there): that answer stands
+                annotator = con.execute("SELECT annotator FROM labels WHERE id = ?", (label,)).fetchone()[0]
+                con.execute("INSERT INTO labels (sample, kind, class, mask, annotator, source, time, request) "
+                            "VALUES (?, 'undo', NULL, NULL, ?, ?, ?, NULL)", (sample, annotator, source, now))
+                changed += 1
+                standing = con.execute("SELECT e.key, l.class, l.annotator FROM external e JOIN labels l ON l.id = "
+                                       "e.label WHERE e.source = ? AND e.sample = ? AND e.withdrawn = 0 ORDER BY "
+                                       "e.label DESC LIMIT 1", (source, sample)).fetchone()
+                if standing is not None:
+                    again = con.execute("INSERT INTO labels (sample, kind, class, mask, annotator, source, time, "
+                                        "request) VALUES (?, 'label', ?, NULL, ?, ?, ?, NULL)",
+                                        (sample, standing[1], standing[2], source, now)).lastrowid
+                    con.execute("UPDATE external SET label = ? WHERE source = ? AND key = ?", (again, source, standing[0]))
+        return changed
+
+    def external(self, source: str) -> dict[str, tuple[int, int, bool]]:
+        """key -> `(sample, label row, withdrawn)` of every answer recorded from `source`."""
+        return {k: (s, l, bool(w)) for k, s, l, w in self._con().execute(
+            "SELECT key, sample, label, withdrawn FROM external WHERE source = ?", (source,))}
+
+    def note_unmatched(self, rows: Sequence[tuple[str, str]], *, source: str) -> None:
+        """Record `(key, detail)` of tasks in another tool whose image is not in the project (kept until matched)."""
+        with self._write() as con:
+            con.executemany("INSERT OR REPLACE INTO unmatched VALUES (?, ?, ?, ?)",
+                            [(source, str(k), d, time.time()) for k, d in rows])
+
+    def clear_unmatched(self, keys: Iterable[str], *, source: str) -> None:
+        with self._write() as con:
+            con.executemany("DELETE FROM unmatched WHERE source = ? AND key = ?", [(source, str(k)) for k in keys])
+
+    def unmatched_keys(self, source: str) -> set[str]:
+        return {k for k, in self._con().execute("SELECT key FROM unmatched WHERE source = ?", (source,))}
+
+    def unmatched(self, limit: int = 5) -> dict:
+        """`{"count": n, "examples": [(source, key, detail), ...]}` of the unmatched tasks, the newest first."""
+        con = self._con()
+        n = con.execute("SELECT COUNT(*) FROM unmatched").fetchone()[0]
+        rows = con.execute("SELECT source, key, detail FROM unmatched ORDER BY seen DESC, key LIMIT ?", (limit,))
+        return {"count": n, "examples": [list(r) for r in rows]}
+
     # --- the queue and leases -----------------------------------------------------------------
     def enqueue(self, step: int, rows: Sequence[tuple[int, int, float | None, str, list]]) -> None:
         """Queue `(sample, rank, score, strategy, guesses)` rows for `step` (idempotent)."""
@@ -327,6 +441,12 @@ class Store:
         return self._con().execute(
             f"SELECT step, sample, MIN(rank) FROM queue WHERE sample NOT IN ({_ANSWERED}) "
             "AND sample IN (SELECT id FROM samples WHERE status = 'ok') GROUP BY sample ORDER BY step DESC, rank").fetchall()
+
+    def queue_order(self) -> list[int]:
+        """Every sample any step queued, answered or not, in the order `lease` serves them: the newest step's
+        queue first, by rank."""
+        return [r[0] for r in self._con().execute(
+            "SELECT sample FROM queue GROUP BY sample ORDER BY MAX(step) DESC, MIN(rank), sample")]
 
     def queued(self) -> list[Item]:
         """Every queued sample without an answer, as `Item`s (no lease taken), newest step first, by rank."""
