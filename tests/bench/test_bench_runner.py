@@ -11,7 +11,7 @@ from todal import ActiveLoop, strategies
 from todal.bench import cli, protocols
 from todal.bench.protocols import protocol
 from todal.bench.runner import Method, RunLock, make_loop, plan, run_all
-from todal.bench.suite import with_strategies
+from todal.bench.suite import load_for, with_strategies
 from todal.data import load_dataset
 from todal.errors import TodalError
 
@@ -90,6 +90,11 @@ def _bench(argv):
     cli.run(ap.parse_args(argv), argv)
 
 
+def TINY_FROM(argv: list[str]) -> list[str]:
+    """The `--set` overrides of a bench command line."""
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+
+
 def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["bench", "--protocol", "smoke", "--dataset", "digits", "--out", str(out), "--strategies",
@@ -121,6 +126,16 @@ def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
     r = json.loads((out / "results.json").read_text())
     assert r["environment"]["runs_ran"] == [] and len(r["environment"]["runs_reused"]) == 14
     assert "14 reused" in capsys.readouterr().out
+    assert r["best_baselines"] == ["entropy"] and any((c["a"], c["b"]) == ("cod", "entropy") for c in r["paired"])
+    assert [x["method"] for x in r["label_savings"]][:2] == ["entropy", "cod"] and "## Labels to reach" in report
+    # a third trial of cod, finished beside the bench (extra_trials.py): reported; --report-only keeps the rest
+    loop = make_loop(protocol("smoke", TINY_FROM(argv)), Method("cod"), 2, *load_for("smoke", "digits",
+                                                                                       TINY_FROM(argv))[1:], out)
+    loop.run()
+    _bench(["bench", "--report-only", "--out", str(out)])
+    again = json.loads((out / "results.json").read_text())
+    assert sorted(again["runs"]["cod"]) == ["0", "1", "2"] and sorted(again["runs"]["random"]) == ["0", "1"]
+    assert again["summaries"]["cod"]["seeds"] == [0, 1, 2] and again["loss_estimation"] == r["loss_estimation"]
 
 
 def test_bench_errors_are_todal_errors(tmp_path, monkeypatch):

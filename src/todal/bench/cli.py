@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from pathlib import Path
 
 from ..errors import TodalError
 from .protocols import PROTOCOLS, protocol
@@ -30,10 +31,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "dataset's task picks the experiment: classification (Fig. 7, Tables 1 and 3, Fig. 3-6, 9-12) "
                     "or segmentation (fashion-mnist-scenes, cityscapes: Fig. 8's mIoU curves and Table 2's "
                     "per-class IoU).")
-    p.add_argument("--protocol", required=True, choices=list(PROTOCOLS),
+    p.add_argument("--protocol", default=None, choices=list(PROTOCOLS),
                    help="paper (appendix B, needs a GPU; segmentation: DRN-D-22 on cityscapes), cpu (scaled for "
                         "2 cores; segmentation: seg_cnn on fashion-mnist-scenes), smoke (seconds, for CI)")
-    p.add_argument("--dataset", required=True,
+    p.add_argument("--dataset", default=None,
                    help="digits, fashion-mnist, cifar10, fashion-mnist-scenes, cityscapes, ... or a path")
     p.add_argument("--out", required=True, help="folder for report.md, figures, results.json and runs/")
     p.add_argument("--strategies", default=None,
@@ -46,11 +47,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder holding the dataset files")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--log-dir", default=None, help="TensorBoard event files of every run, one folder per run")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rewrite OUT's report from its results.json and the finished runs under "
+                        "OUT/runs (a bench whose run folders are not all kept)")
     return p
 
 
 def run(args, argv: list[str]) -> None:
     """Build the protocol (overrides applied), run the bench, print where the report is."""
+    if args.report_only:
+        from .suite import rewrite_report
+
+        if not (Path(args.out) / "results.json").exists():
+            raise TodalError(f"{args.out} holds no results.json to rewrite; run the bench first (--protocol, --dataset).")
+        r = rewrite_report(args.out, command="todal " + shlex.join(argv))
+        print(f"report rewritten from {sum(len(v) for v in r['runs'].values())} runs: {args.out}/report.md")
+        return
+    if args.protocol is None or args.dataset is None:
+        raise TodalError("todal bench needs --protocol and --dataset (or --report-only to rewrite a report).")
     overrides = list(args.overrides)
     if args.trials is not None:
         overrides.append(f"trials={args.trials}")

@@ -110,7 +110,7 @@ PAPER = Protocol(name="paper", model="resnet18", grid_lams=(0.01, 0.05, 0.1), gr
 # score subsets too).
 CPU = dataclasses.replace(
     PAPER.with_train(epochs=10, batch_size=64, lr=0.05), name="cpu", model="small_cnn", model_options={"width": 0.5},
-    initial=500, budget=250, strategies=("random", "entropy", "margin", "coreset", "badge", "ll4al", "cod"),
+    initial=500, budget=250, strategies=("random", "entropy", "margin", "coreset", "badge", "batchbald", "ll4al", "cod"),
     grid_lams=(0.01, 0.05, 0.1), grid_alphas=(0.99, 0.999), analysis_pool=10000, score_subset=10000,
     requires_gpu=False, flavor="default")
 
@@ -126,7 +126,7 @@ CPU = dataclasses.replace(
 CONVERGED = dataclasses.replace(
     CPU.with_train(epochs=40), name="converged", pool_size=6000, initial=0.1, budget=0.05, score_subset=None,
     analysis_pool=None, ema_decay=0.992, grid_lams=(), grid_alphas=(), fig9=False,
-    strategies=("random", "entropy", "margin", "badge", "coreset", "qbc", "cod", "emaod", "cod+semi@paper",
+    strategies=("random", "entropy", "margin", "badge", "batchbald", "coreset", "qbc", "cod", "emaod", "cod+semi@paper",
                 "cod+semi@official"))
 
 # Seconds on `digits`: the same code paths at tiny sizes, for CI.

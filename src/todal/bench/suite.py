@@ -162,6 +162,57 @@ def with_strategies(p: Protocol, strategies: list[str] | None) -> Protocol:
     return dataclasses.replace(p, strategies=tuple(expand(strategies)))
 
 
+def comparison_statistics(runs: dict[str, dict[int, list[dict]]], labels: list[str], grid: list[str],
+                          key: str) -> dict:
+    """What the report states from the runs' records: per-method summaries (with AUBC per trial), the paired
+    comparisons with their verdicts, the best baselines, and the labels each method needs to reach random's
+    final accuracy."""
+    summaries = {k: summarize(v) for k, v in runs.items()}
+    for k, v in runs.items():  # AUBC mean ± std over trials (summaries' "aubc" is of the mean curve)
+        vals = [analysis.run_metric(recs, "aubc", key) for recs in v.values()]
+        summaries[k]["aubc_trials"] = vals
+        summaries[k]["aubc_std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
+    best = best_baselines(summaries, labels)
+    paired = [analysis.paired(runs, a, b, m, key) for a, b in comparisons(labels, grid, best) for m in METRICS]
+    for c in paired:
+        c["verdict"] = analysis.verdict(c)
+    savings = [analysis.label_savings(runs, k, "random", key) for k in labels
+               if k != "random" and k not in grid] if "random" in runs else []
+    return {"summaries": summaries, "paired": paired, "best_baselines": best, "label_savings": savings}
+
+
+def rewrite_report(out: str | Path, command: str) -> dict:
+    """The report of a finished bench rewritten from its results.json (the runs' records are in it), with any
+    finished run under `out/runs/` it does not hold yet added (a method or trials run since, e.g. by
+    benchmarks/extra_trials.py): its statistics recomputed; the analyses of checkpoints kept as they were."""
+    import re
+
+    out = Path(out)
+    r = json.loads((out / "results.json").read_text())
+    runs = {k: {int(t): recs for t, recs in v.items()} for k, v in r["runs"].items()}
+    for run in sorted((out / "runs").glob("*-trial*")):
+        m = re.fullmatch(r"(.+)-trial(\d+)", run.name)
+        done = run / "progress.json"
+        if m and "-lam" not in m.group(1) and done.exists() and json.loads(done.read_text()).get("stage") == "done":
+            recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            runs.setdefault(m.group(1), {})[int(m.group(2))] = recs
+    labels = r["methods"] + [k for k in runs if k not in r["methods"]]
+    key = r.get("metric", "accuracy")
+    stats = comparison_statistics(runs, labels, r["grid"], key)
+    r.update(stats, runs={k: dict(sorted(v.items())) for k, v in runs.items()}, methods=labels, command=command)
+    r["protocol"]["strategies"] = list(dict.fromkeys(list(r["protocol"]["strategies"]) +
+                                                     [k for k in labels if k not in r["protocol"]["strategies"]
+                                                      and "+" not in k and k not in r["grid"]]))
+    r["per_class"] = {k: analysis.per_class(runs[k]) for k in labels if key == "accuracy" and
+                      all("per_class_accuracy" in x for recs in runs[k].values() for x in recs)}
+    times = analysis.selection_times({k: runs[k] for k in labels if k not in r["grid"]})
+    for v in times.values():
+        v["over_inference"] = v["mean_s"] / r["selection_time"]["inference_pass_s"]
+    r["selection_time"]["per_method"] = times
+    write_report(out, r)
+    return r
+
+
 def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=None, strategies: list[str] | None = None,
               device: str | None = None, data_root: str | None = None, progress: bool = False,
               command: str = "", log_dir: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
@@ -189,15 +240,8 @@ def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=Non
     labels = [m.label for m in methods]
     grid = [m.label for m in methods if m.lam is not None]
     key = "miou" if p.task == "segmentation" else "accuracy"
-    summaries = {k: summarize(v) for k, v in runs.items()}
-    for k, v in runs.items():  # AUBC mean ± std over trials (summaries' "aubc" is of the mean curve)
-        vals = [analysis.run_metric(recs, "aubc", key) for recs in v.values()]
-        summaries[k]["aubc_trials"] = vals
-        summaries[k]["aubc_std"] = float(torch.tensor(vals).std()) if len(vals) > 1 else 0.0
-    best = best_baselines(summaries, labels)
-    paired = [analysis.paired(runs, a, b, m, key) for a, b in comparisons(labels, grid, best) for m in METRICS]
-    for c in paired:
-        c["verdict"] = analysis.verdict(c)
+    stats = comparison_statistics(runs, labels, grid, key)
+    summaries, paired = stats["summaries"], stats["paired"]
     log("== analyses")
     loss = loss_analyses(p, methods, train, test, out, dev)
     times = analysis.selection_times({k: runs[k] for k in labels if k not in grid})
@@ -226,9 +270,8 @@ def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=Non
                                                 for v in runs.values() for recs in v.values() for rec in recs),
                         "runs_reused": status["reused"], "runs_ran": status["ran"]},
         "methods": labels, "grid": grid, "ablation": ABLATION, "summaries": summaries, "runs": runs,
-        "paired": paired, "best_baselines": best, "loss_estimation": loss,
-        "label_savings": [analysis.label_savings(runs, k, "random", key) for k in labels
-                          if k != "random" and k not in grid] if "random" in runs else [],
+        "paired": paired, "best_baselines": stats["best_baselines"], "loss_estimation": loss,
+        "label_savings": stats["label_savings"],
         "selection_time": {"inference_pass_s": inference_s, "inference_from": inference_from, "pool_size": n_pool,
                            "per_method": times},
         "task": p.task, "metric": key,
