@@ -19,7 +19,6 @@ Writes benchmarks/stopping-sessions/{results.json, README.md, sessions.png}.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import statistics
 import sys
@@ -31,17 +30,15 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "stopping-sessions"
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
 
 
 def read(split: str):
-    prefix = "train" if split == "train" else "t10k"
-    with gzip.open(FMNIST / f"{prefix}-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FMNIST / f"{prefix}-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return x, y
+    """Fashion-MNIST's `split` ("train" or "test") as uint8 images `[N, 28, 28]` and labels `[N]` (numpy)."""
+    from todal.data import load_dataset
+
+    data = load_dataset("fashion-mnist")[0 if split == "train" else 1]
+    return data.x[:, 0].numpy(), data.y.numpy()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,7 +28,6 @@ Writes benchmarks/transfer/{results.json, README.md, accuracy.png}.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import statistics
 import sys
@@ -42,7 +41,6 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE / "transfer"
 SOURCE = OUT / "source-model"
 WORK = OUT / "work"  # the projects and the PNG folders (not committed)
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["sandal", "shirt", "sneaker", "bag", "boot"]  # Fashion-MNIST 5..9
 SIDE, PER_CLASS, SEED_BATCH, BUDGET, STEPS, TRIALS = 32, 1000, 100, 100, 5, 3
 PRETRAIN_LIMIT = None  # source images used (None: all 30,000)
@@ -51,13 +49,12 @@ STRATEGIES = [("random", False), ("margin", False), ("cod", False), ("cod", True
 MODES = ("scratch", "finetune", "frozen")
 
 
-def read_fmnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    prefix = "train" if split == "train" else "t10k"
-    with gzip.open(FMNIST / f"{prefix}-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(FMNIST / f"{prefix}-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return x, y
+def read_fmnist(split: str):
+    """Fashion-MNIST's `split` ("train" or "test") as uint8 images `[N, 28, 28]` and labels `[N]` (numpy)."""
+    from todal.data import load_dataset
+
+    data = load_dataset("fashion-mnist")[0 if split == "train" else 1]
+    return data.x[:, 0].numpy(), data.y.numpy()
 
 
 def resnet_config():

@@ -85,3 +85,21 @@ def largest_tensor_while(fn) -> int:
     with LargestTensor() as mode:
         fn()
     return mode.largest
+
+
+def save_tiny_hf_resnet(folder, size: dict):
+    """A tiny random `transformers` ResNet saved as a user's pretrained model comes: `save_pretrained` and an image
+    processor config with side `size` (e.g. {"shortest_edge": 16} or {"height": 16, "width": 16}) and its own mean
+    and std (0.5, 0.4, 0.3 / 0.25, 0.2, 0.15)."""
+    import json
+
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                    layer_type="basic")
+    transformers.ResNetModel(cfg).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ConvNextImageProcessor", "do_resize": True, "size": size, "do_normalize": True,
+        "image_mean": [0.5, 0.4, 0.3], "image_std": [0.25, 0.2, 0.15]}))
+    return folder

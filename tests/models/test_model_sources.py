@@ -36,17 +36,10 @@ def bars(n: int, seed: int, size: int = 12) -> ArrayDataset:
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    """A tiny random transformers ResNet, saved as a user's pretrained model comes: save_pretrained and an image
-    processor config (side 16, its own mean and std)."""
-    folder = tmp_path_factory.mktemp("hf")
-    torch.manual_seed(0)
-    cfg = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                    layer_type="basic")
-    transformers.ResNetModel(cfg).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ConvNextImageProcessor", "do_resize": True, "size": {"shortest_edge": 16},
-        "do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.25, 0.2, 0.15]}))
-    return folder
+    """A tiny random transformers ResNet saved with save_pretrained; its processor config says side 16."""
+    from tinydata import save_tiny_hf_resnet
+
+    return save_tiny_hf_resnet(tmp_path_factory.mktemp("hf"), {"shortest_edge": 16})
 
 
 def loop(tmp_path, model, **kw):

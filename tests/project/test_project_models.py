@@ -19,15 +19,9 @@ TRAIN = {"epochs": 4, "batch_size": 16, "lr": 0.05}
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hf")
-    torch.manual_seed(0)
-    cfg = transformers.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                                    layer_type="basic")
-    transformers.ResNetModel(cfg).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "ConvNextImageProcessor", "size": {"height": 16, "width": 16},
-        "do_normalize": True, "image_mean": [0.5, 0.4, 0.3], "image_std": [0.25, 0.2, 0.15]}))
-    return folder
+    from tinydata import save_tiny_hf_resnet
+
+    return save_tiny_hf_resnet(tmp_path_factory.mktemp("hf"), {"height": 16, "width": 16})
 
 
 def make(tmp_path, n=120, **kw):

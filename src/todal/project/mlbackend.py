@@ -68,7 +68,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import TodalError, check_int
-from .server import LOOPBACK, MIN_TOKEN, BadRequest
+from .server import LOOPBACK, MIN_TOKEN, BadRequest, check_port, log_config
 from .store import DB_NAME, Store
 
 log = logging.getLogger("todal.mlbackend")
@@ -848,23 +848,6 @@ def credentials_from_env(host: str) -> tuple[str, str] | None:
     return (user, password) if user else None
 
 
-def _check_port(host: str, port: int) -> None:
-    """Refuse, in one line, a port uvicorn could not listen on."""
-    import errno
-    import socket
-
-    if not 0 <= port <= 65535:
-        raise TodalError(f"--port must be in [0, 65535]. Got {port}; pick a free port, e.g. --port {PORT}.")
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            busy = e.errno == errno.EADDRINUSE
-            raise TodalError(f"Cannot listen on {host}:{port} ({'the port is in use' if busy else e.strerror or e}); "
-                             "stop the program that holds it, or pick another port with --port.") from None
-
-
 def serve(project_dir, *, host: str = "127.0.0.1", port: int = PORT, retrain_every: int = 100, budget: int = 100,
           strategy: str = "cod", device: str | None = None, quiet: bool = False) -> None:
     """Serve the project as Label Studio's ML backend until interrupted."""
@@ -872,7 +855,7 @@ def serve(project_dir, *, host: str = "127.0.0.1", port: int = PORT, retrain_eve
 
     credentials = credentials_from_env(host)
     label_studio = LabelStudio.from_env()
-    _check_port(host, port)
+    check_port(host, port, PORT)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     app = make_app(project_dir, credentials=credentials, retrain_every=retrain_every, budget=budget,
                    strategy=strategy, device=device, label_studio=label_studio)
@@ -882,7 +865,8 @@ def serve(project_dir, *, host: str = "127.0.0.1", port: int = PORT, retrain_eve
           + ("; Label Studio's API at " + label_studio.url if label_studio else
              "; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to refresh Label Studio's predictions after each step"),
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet)
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
+                log_config=log_config())
 
 
 def main(argv: list[str] | None = None) -> int:

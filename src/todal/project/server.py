@@ -307,10 +307,10 @@ def make_app(project_dir, *, token: str | None = None, lease_ttl: float = 600.0)
     return app
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int, example: int = 8765) -> None:
     """Refuse, in one line, a port uvicorn could not listen on (it would log its start-up, then exit 3)."""
     if not 0 <= port <= 65535:
-        raise TodalError(f"--port must be in [0, 65535]. Got {port}; pick a free port, e.g. --port 8765.")
+        raise TodalError(f"--port must be in [0, 65535]. Got {port}; pick a free port, e.g. --port {example}.")
     # The socket uvicorn makes: IPv6 for a host with ':', SO_REUSEADDR so a port in TIME_WAIT counts as free.
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -318,7 +318,7 @@ def _check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise TodalError(f"Cannot listen on {host}:{port}: port {port} is in use (another todal annotate?); "
+                raise TodalError(f"Cannot listen on {host}:{port}: port {port} is in use (another todal server?); "
                                  "stop that program, or pick another port with --port.") from None
             raise TodalError(f"Cannot listen on {host}:{port} ({e.strerror or e}); check --host, or pick another "
                              "port with --port.") from None
@@ -334,7 +334,7 @@ class _PathOnly(logging.Filter):
         return True
 
 
-def _log_config() -> dict:
+def log_config() -> dict:
     """uvicorn's logging, with `_PathOnly` on the access logger."""
     from uvicorn.config import LOGGING_CONFIG
 
@@ -355,11 +355,11 @@ def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str 
     if host not in LOOPBACK and token is None:
         token = secrets.token_urlsafe(24)
     app = make_app(project_dir, token=token)
-    _check_port(host, port)
+    check_port(host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"Labeling page: http://{shown}:{port}/" + (f"#token={token}" if token else ""), flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
-                log_config=_log_config())
+                log_config=log_config())
 
 
 def main(argv: list[str] | None = None) -> int:
