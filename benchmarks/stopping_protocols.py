@@ -33,17 +33,18 @@ BENCHES = {
     "cpu (default flavor)": ("fashion-mnist-cpu-default", ["fig9=false", "grid_lams=[]"],
                              ["random", "cod", "margin", "cod+semi", "random+semi"], [0, 1, 2, 3, 4, 5]),
 }
-CRITERIA = ("kappa", "uncertainty", "plateau")
+CRITERIA = ("kappa", "uncertainty", "plateau")  # todal.bench.analysis.STOP_CRITERIA
 
 
 def analyse(protocol: str, folder: str, overrides: list[str], methods: list[str], trials: list[int]) -> list[dict]:
+    """Each run's records with what ActiveLoop now records per cycle, from its kept models, and where each
+    criterion would have stopped it (`todal.bench.analysis.where_to_stop`)."""
+    from todal.bench.analysis import where_to_stop
     from todal.bench.runner import is_done, make_loop, parse_method
     from todal.bench.suite import load_for
-    from todal.loop import _signal_row
-    from todal.stopping import StopRule, cohen_kappa, criteria, should_stop
+    from todal.stopping import cohen_kappa
 
-    name = protocol.split()[0]
-    p, train, test = load_for(name, "fashion-mnist", overrides)
+    p, train, test = load_for(protocol.split()[0], "fashion-mnist", overrides)
     rows = []
     for spec in methods:
         for trial in trials:
@@ -51,29 +52,21 @@ def analyse(protocol: str, folder: str, overrides: list[str], methods: list[str]
             if not is_done(loop.workdir) or not (loop.workdir / "checkpoints" / "cycle_0.pt").exists():
                 print(f"skip {spec} trial {trial}: not finished with every cycle kept", flush=True)
                 continue
-            records = loop.records()
-            stop_set, history, before = loop.stop_set(), [], None
-            for r in records:
+            stop_set, records, before = loop.stop_set(), [], None
+            for r in loop.records():
                 model = loop.model(r["cycle"])
                 preds, uncertainty = loop.engine.signals(model, loop.data[0], stop_set)
                 _, correct = loop.engine.evaluate(model, loop.data[1], per_item=True)
-                sig = {"labeled": r["labeled"], "pool_uncertainty": uncertainty, "stop_kappa": None, "paired": None}
+                rec = {"cycle": r["cycle"], "labeled": r["labeled"], "accuracy": r["accuracy"],
+                       "pool_uncertainty": uncertainty, "stop_kappa": None, "paired": None}
                 if before is not None:
-                    sig["stop_kappa"] = cohen_kappa(before[0], preds, loop.num_classes)
-                    sig["paired"] = [int((correct & ~before[1]).sum()), int((~correct & before[1]).sum()), len(correct)]
-                history.append({**_signal_row(sig), "accuracy": r["accuracy"]})
+                    rec["stop_kappa"] = cohen_kappa(before[0], preds, loop.num_classes)
+                    rec["paired"] = [int((correct & ~before[1]).sum()), int((~correct & before[1]).sum()), len(correct)]
+                records.append(rec)
                 before = (preds, correct)
-            stops = {}
-            for crit in CRITERIA:
-                rule = StopRule(criterion=crit)
-                at = next((c for c in range(len(history) - 1) if should_stop(criteria(history[:c + 1], rule), rule)),
-                          None)
-                stops[crit] = None if at is None else {
-                    "cycle": at, "labels": history[at]["labels"], "accuracy": history[at]["accuracy"],
-                    "labels_saved": history[-1]["labels"] - history[at]["labels"],
-                    "accuracy_given_up": history[-1]["accuracy"] - history[at]["accuracy"]}
-            rows.append({"protocol": protocol, "method": spec, "trial": trial, "history": history, "stops": stops})
-            print(f"{protocol} {spec} trial {trial}: κ {[None if h['kappa'] is None else round(h['kappa'], 3) for h in history]}"
+            stops = where_to_stop(records)
+            rows.append({"protocol": protocol, "method": spec, "trial": trial, "records": records, "stops": stops})
+            print(f"{protocol} {spec} trial {trial}: κ {[None if x['stop_kappa'] is None else round(x['stop_kappa'], 3) for x in records]}"
                   f"; stops {[(k, v and v['cycle']) for k, v in stops.items()]}", flush=True)
     return rows
 
@@ -86,14 +79,14 @@ def main() -> dict:
         for method in dict.fromkeys(r["method"] for r in rows if r["protocol"] == protocol):
             runs = [r for r in rows if r["protocol"] == protocol and r["method"] == method]
             entry = {"protocol": protocol, "method": method, "trials": len(runs),
-                     "final_labels": runs[0]["history"][-1]["labels"],
-                     "kappa_last": statistics.fmean(r["history"][-1]["kappa"] for r in runs),
-                     "uncertainty_last": statistics.fmean(r["history"][-1]["uncertainty"] for r in runs)}
+                     "final_labels": runs[0]["records"][-1]["labeled"],
+                     "kappa_last": statistics.fmean(r["records"][-1]["stop_kappa"] for r in runs),
+                     "uncertainty_last": statistics.fmean(r["records"][-1]["pool_uncertainty"] for r in runs)}
             for crit in CRITERIA:
                 hit = [r["stops"][crit] for r in runs if r["stops"][crit]]
                 entry[crit] = {"stopped": len(hit),
                                "labels_saved": statistics.fmean(h["labels_saved"] for h in hit) if hit else 0.0,
-                               "accuracy_given_up": statistics.fmean(h["accuracy_given_up"] for h in hit) if hit else 0.0}
+                               "accuracy_given_up": statistics.fmean(h["given_up"] for h in hit) if hit else 0.0}
             summary.append(entry)
     result = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stopping_protocols.py", "summary": summary,
               "runs": rows}

@@ -162,6 +162,28 @@ def label_savings(runs: dict[str, dict[int, list[dict]]], method: str, reference
             "std": statistics.stdev(reached) if len(reached) > 1 else 0.0}
 
 
+STOP_CRITERIA = ("kappa", "uncertainty", "plateau")
+
+
+def where_to_stop(records: list[dict], key: str = "accuracy") -> dict[str, dict | None]:
+    """For each stopping criterion at its default (`todal.stopping.StopRule`), the first cycle at which
+    `ActiveLoop(stop=criterion)` would have ended this run, the labels that saves and the `key` it gives up against
+    labeling to the end; None where it would have run every cycle. `records` hold what ActiveLoop records per
+    cycle (`stop_kappa`, `pool_uncertainty`, `paired`)."""
+    from ..loop import _signal_row
+    from ..stopping import StopRule, criteria, should_stop
+
+    history = [_signal_row(r) for r in records]
+    out = {}
+    for name in STOP_CRITERIA:
+        rule = StopRule(criterion=name)
+        at = next((c for c in range(len(records) - 1) if should_stop(criteria(history[:c + 1], rule), rule)), None)
+        out[name] = None if at is None else {
+            "cycle": at, "labels": records[at]["labeled"], "labels_saved": records[-1]["labeled"] - records[at]["labeled"],
+            "given_up": records[-1][key] - records[at][key]}
+    return out
+
+
 # --- loss estimation over the checkpoints of a run (Fig. 3, 5, 6) ----------------------------------------
 def _outputs(model, dataset, idx: Tensor, loop: ActiveLoop) -> Tensor:
     return torch.cat([o for _, o in predict(model, dataset, idx, batch_size=loop.config.eval_batch_size,

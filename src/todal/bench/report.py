@@ -159,6 +159,21 @@ def write_report(out: Path, r: dict) -> None:
                             f"{100 * x['std']:.1f}",
                             f"{x['reached']} of {len(x['per_trial'])}"] for x in r["label_savings"]]), ""]
 
+    # When to stop.
+    if r.get("stopping"):
+        lines += ["## When to stop\n",
+                  "Where each stopping criterion at its default (`todal.stopping.StopRule`; κ: mean >= 0.99 over 3 "
+                  "cycles on a fixed stop set of 1,000 training samples; uncertainty: the pool's mean normalized "
+                  "entropy < 0.05; plateau: the paired gain's upper bound < 1 point per 100 labels) would have "
+                  "ended each run (`ActiveLoop(stop=...)`): trials stopped of those that recorded the criteria, "
+                  f"then the mean labels saved and {name} given up (points) against labeling to the end.\n",
+                  *_table(["method", "trials", "κ at the last cycle", "κ", "uncertainty", "plateau"],
+                          [[m, v["trials"], _fmt(v["kappa_last"], 1, 3)] +
+                           [("never" if not v[c]["stopped"] else
+                             f"{v[c]['stopped']}/{v['trials']}: {v[c]['labels_saved']:.0f} labels saved, "
+                             f"{100 * v[c]['given_up']:+.2f} given up") for c in ("kappa", "uncertainty", "plateau")]
+                           for m, v in r["stopping"].items()]), ""]
+
     # Fig. 3, 5, 6.
     le = r["loss_estimation"]
     if le and le["mean"]:

@@ -6,6 +6,7 @@ import json
 
 import dataclasses
 import platform
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -178,7 +179,26 @@ def comparison_statistics(runs: dict[str, dict[int, list[dict]]], labels: list[s
         c["verdict"] = analysis.verdict(c)
     savings = [analysis.label_savings(runs, k, "random", key) for k in labels
                if k != "random" and k not in grid] if "random" in runs else []
-    return {"summaries": summaries, "paired": paired, "best_baselines": best, "label_savings": savings}
+    return {"summaries": summaries, "paired": paired, "best_baselines": best, "label_savings": savings,
+            "stopping": stopping_summary(runs, labels, grid, key)}
+
+
+def stopping_summary(runs: dict[str, dict[int, list[dict]]], labels: list[str], grid: list[str], key: str) -> dict:
+    """Per method, over the trials whose records hold the stopping criteria: where each would have stopped."""
+    out = {}
+    for k in labels:
+        trials = [recs for recs in runs.get(k, {}).values() if len(recs) > 1 and "pool_uncertainty" in recs[-1]]
+        if k in grid or not trials:
+            continue
+        stops = [analysis.where_to_stop(recs, key) for recs in trials]
+        out[k] = {"trials": len(trials), "kappa_last": statistics.fmean(
+            recs[-1]["stop_kappa"] for recs in trials if recs[-1].get("stop_kappa") is not None)}
+        for c in analysis.STOP_CRITERIA:
+            hit = [s[c] for s in stops if s[c]]
+            out[k][c] = {"stopped": len(hit),
+                         "labels_saved": statistics.fmean(h["labels_saved"] for h in hit) if hit else 0.0,
+                         "given_up": statistics.fmean(h["given_up"] for h in hit) if hit else 0.0}
+    return out
 
 
 def rewrite_report(out: str | Path, command: str) -> dict:
@@ -271,7 +291,7 @@ def run_bench(p: Protocol | str, dataset: str, out: str | Path, *, overrides=Non
                         "runs_reused": status["reused"], "runs_ran": status["ran"]},
         "methods": labels, "grid": grid, "ablation": ABLATION, "summaries": summaries, "runs": runs,
         "paired": paired, "best_baselines": stats["best_baselines"], "loss_estimation": loss,
-        "label_savings": stats["label_savings"],
+        "label_savings": stats["label_savings"], "stopping": stats["stopping"],
         "selection_time": {"inference_pass_s": inference_s, "inference_from": inference_from, "pool_size": n_pool,
                            "per_method": times},
         "task": p.task, "metric": key,
