@@ -3,7 +3,8 @@
     .venv/bin/python scripts/screenshot_annotate.py [--out docs/annotate.png]
 
 Builds a throwaway project of 40 Fashion-MNIST test images (a drawn stand-in when the data is not on
-this machine), labels a few as two annotators, serves it on a free local port and shoots Chromium.
+this machine) whose queue, guesses and accuracy estimate are staged (no model is trained), labels a few as two
+annotators, serves it on a free local port and shoots Chromium.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from playwright.sync_api import sync_playwright
 from todal.errors import TodalError
 from todal.project.server import make_app
 from todal.project.store import DB_NAME, Store
+from todal.stopping import wilson
 
 CLASSES = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -56,7 +58,9 @@ def project(tmp: Path, n: int = 40) -> Path:
     store = Store.create(tmp / "proj" / DB_NAME, {"classes": CLASSES, "task": "classification", "images": str(root),
                                                   "name": "fashion-mnist"})
     ids = store.add_samples(rows)
-    store.begin_step(0, {"strategy": "cod"})
+    store.begin_step(0, {"strategy": "random"})
+    store.finish_step(0, {}, [])
+    store.begin_step(1, {"strategy": "cod"})
     rng = np.random.default_rng(0)
     queue = []
     for rank, s in enumerate(ids):
@@ -65,7 +69,9 @@ def project(tmp: Path, n: int = 40) -> Path:
         if s == 0:  # the first image is an ankle boot: a plausible confusion with sneaker and sandal
             order, p = [9, 7, 5], [0.62, 0.27, 0.08]
         queue.append((s, rank, float(1 - p[0]), "cod", [[int(c), round(float(q), 3)] for c, q in zip(order, p)]))
-    store.finish_step(0, {}, queue)
+    lo, hi = wilson(39, 50)  # a staged estimate, as a step after 50 validation labels reports it
+    store.finish_step(1, {"val_accuracy": 0.78, "val_low": lo, "val_high": hi, "val_size": 50,
+                          "recommendation": "keep labeling: κ between the last two models 0.912"}, queue)
     for s in range(30, 40):
         store.add_label(s, s % 10, annotator="maria" if s % 3 else "jonas", source="web")
     return tmp / "proj"

@@ -200,3 +200,21 @@ def test_the_printed_url_logs_in_and_the_token_stays_out_of_the_server_log(brows
     assert '"POST /api/session HTTP/1.1" 200' in "\n".join(lines)  # the access log is on
     assert '"GET /api/config HTTP/1.1" 401' in "\n".join(lines)
     assert [line for line in lines if token in line] == [printed]
+
+
+def test_the_page_shows_the_latest_steps_accuracy_estimate(browser, tmp_path):
+    project = make_project(tmp_path, 4, guesses=guesses, size=28)
+    store = Store(project / DB_NAME)
+    with ThreadServer(make_app(project)) as url:
+        page = open_page(browser, url, "ana")
+        shown(page)
+        page.wait_for_function("document.getElementById('batch-text').textContent.includes('done')")
+        assert not page.is_visible("#estimate")  # no model yet, no estimate
+        store.begin_step(1, {"strategy": "cod"})
+        store.finish_step(1, {"val_accuracy": 0.75, "val_low": 0.6, "val_high": 0.86, "val_size": 40,
+                              "recommendation": "keep labeling: κ 0.9"}, [])
+        page.reload()
+        page.wait_for_function("!document.getElementById('estimate').hidden")
+        assert page.inner_text("#estimate") == ("Model accuracy ≈ 75.0% (95% interval 60.0%–86.0%, 40 validation labels, "
+                                                "step 1) · keep labeling")
+        page.context.close()
