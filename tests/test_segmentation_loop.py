@@ -274,3 +274,16 @@ def test_tables_show_miou_and_tolerate_absent_classes():
     assert "mIoU %" in run_table(runs[0]) and "50.00" in run_table(runs[0])
     table = compare_table({"cod": s})
     assert "mIoU %" in table and "60.00 ± 14.14" in table
+
+
+def test_the_default_flavor_takes_the_highest_cod_first_for_segmentation(tmp_path):
+    """The default's first COD pick is per task: lowest for classification, highest for segmentation
+    (todal/flavor.py says why); a dict over the default keeps the task's choice unless it sets it."""
+    from todal.flavor import flavor_for
+
+    assert flavor_for("default", task="segmentation").first_cycle_lowest is False
+    assert flavor_for("default").first_cycle_lowest is True
+    assert make(tmp_path / "a").flavor.first_cycle_lowest is False
+    assert make(tmp_path / "b", flavor={"lam": 0.1}).flavor.first_cycle_lowest is False
+    assert make(tmp_path / "c", flavor={"first_cycle_lowest": True}).flavor.first_cycle_lowest is True
+    assert make(tmp_path / "d", flavor="paper").flavor.first_cycle_lowest is False

@@ -9,9 +9,11 @@ flavor with the three choices of the code that the evidence supports (the number
 named, each beside the command that measured it):
 - `consistency_reduction="mean"`: Eq. 7 averaged over the C outputs, as the code's `F.mse_loss`. Summed as
   printed, the paper's λ weighs the TOD loss C times the authors' (benchmarks/flavor-ablation);
-- `first_cycle_lowest=True`: in the first cycle, with only the untrained model to compare with, COD takes
-  the lowest discrepancy as the code does; the highest (the text) picks the samples the model is already
-  sure of (benchmarks/cod-first-cycle);
+- `first_cycle_lowest`, per task: in the first cycle, with only the untrained model to compare with, COD
+  takes the lowest discrepancy for classification, as the code does; the highest (the text) picks the
+  samples the model is already sure of (benchmarks/cod-first-cycle). For segmentation it takes the highest,
+  as the text says: a scene's summed discrepancy grows with its item pixels, so the lowest are mostly
+  background (benchmarks/segmentation-first-cycle, benchmarks/fashion-mnist-scenes-default);
 - `teacher_train_mode=True`: the EMA teacher runs in train mode, normalising each unlabeled batch with that
   batch's statistics as the student does (the code). In eval mode its running statistics mix labeled and
   unlabeled batches, which COD makes differ, and cod + TOD loss diverged when every cycle was trained to
@@ -112,12 +114,14 @@ FLAVORS = ("default", "paper", "official")
 DEFAULT = "default"
 
 
-def flavor_for(name: str, dataset: str = "") -> Flavor:
-    """The flavor's choices for a dataset (λ and the scored subset depend on it in the code)."""
+def flavor_for(name: str, dataset: str = "", task: str = "classification") -> Flavor:
+    """The flavor's choices for a dataset (λ and the scored subset depend on it in the code) and, for the
+    default, the task (COD's first pick: lowest for classification, highest for segmentation)."""
     check_choice("flavor", "ActiveLoop", name, FLAVORS)
     key = dataset.lower().replace("-", "").replace("_", "")
     if name == "default":
-        return Flavor(name="default", consistency_reduction="mean", first_cycle_lowest=True, teacher_train_mode=True)
+        return Flavor(name="default", consistency_reduction="mean", first_cycle_lowest=task != "segmentation",
+                      teacher_train_mode=True)
     if name == "paper":
         return Flavor(name="paper")
     return Flavor(name="official", measure="half_sq", score_subset=OFFICIAL_SUBSET.get(key, 25000),
@@ -127,15 +131,16 @@ def flavor_for(name: str, dataset: str = "") -> Flavor:
                   teacher_train_mode=True, score_augment=key in OFFICIAL_SCORE_AUGMENT)
 
 
-def resolve(spec: str | Flavor | Mapping, dataset: str = "", owner: str = "ActiveLoop") -> Flavor:
+def resolve(spec: str | Flavor | Mapping, dataset: str = "", owner: str = "ActiveLoop",
+            task: str = "classification") -> Flavor:
     """A flavor from its name (resolved for `dataset`), a `Flavor` (as it is), or a dict of single choices over
     a named one: `{"name": "official", "lam": 0.1}` (the name defaults to "default")."""
     if isinstance(spec, Flavor):
         return spec
     if isinstance(spec, str):
-        return flavor_for(spec, dataset)
+        return flavor_for(spec, dataset, task)
     if isinstance(spec, Mapping):
         changes = dict(spec)
-        return flavor_for(changes.pop("name", DEFAULT), dataset).replace(**changes)
+        return flavor_for(changes.pop("name", DEFAULT), dataset, task).replace(**changes)
     raise param_error("flavor", owner, "a flavor name (" + ", ".join(FLAVORS) + "), a todal.flavor.Flavor, or a dict "
                       "of its choices such as {'name': 'official', 'lam': 0.1}", spec)

@@ -272,9 +272,9 @@ class ActiveLoop:
             cfg = TrainConfig(**{**cfg.to_dict(), "epochs": epochs})
         self.train_cfg = cfg
         self.dataset_name = getattr(train_set, "name", "") or type(train_set).__name__
-        self.flavor: Flavor = resolve(flavor, self.dataset_name)
         self.task_name = default_task(train_set) if task is None else task
         get_task(self.task_name, 1)  # an unknown task names the valid ones now
+        self.flavor: Flavor = resolve(flavor, self.dataset_name, task=self.task_name)
         if self.semi_supervised is None:
             self.semi_supervised = DEFAULT_SEMI[self.task_name]
         if self.task_name == "segmentation" and isinstance(oracle, FileOracle):

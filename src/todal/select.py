@@ -123,6 +123,6 @@ def select(strategy: str | Strategy, model: nn.Module, dataset, k: int, *, label
         teacher = teacher.to(dev)
     ctx = Context(model=model.to(dev), task=t, dataset=dataset, labeled=labeled, unlabeled=unlabeled, labels=labels,
                   generator=torch.Generator().manual_seed(int(seed)), cycle=0 if first_cycle else 1, device=dev,
-                  batch_size=batch_size, ema_model=teacher, flavor=flavor_for("default"), previous=prev)
+                  batch_size=batch_size, ema_model=teacher, flavor=flavor_for("default", task=task_name), previous=prev)
     with ctx.seeded():
         return strat.select(ctx, int(k))

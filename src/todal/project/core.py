@@ -54,7 +54,6 @@ from .images import ImageCache, FolderImages, guess_mode, read_files, scan
 from .store import DB_NAME, Store
 
 FLUSH_ROWS = 4096  # decoded images held before they are written to the cache
-FLAVOR = flavor_for("default")  # λ, Eq. 7's scale and COD's first pick: todal.flavor says why
 
 _INIT_RULES = {"size": Int(lo=4, hi=1024, expected="an int in [4, 1024] (pixels)"),
                "holdout": Real(lo=0, hi=1, lo_open=True, hi_open=True), "seed_batch": Int(lo=1)}
@@ -370,7 +369,8 @@ class Project:
                device: torch.device | None = None, progress: bool = False, source=None) -> Engine:
         """The engine's cycle for this project: the default flavor, its models (`source`, default the project's;
         a frozen backbone's head source), the random streams its steps have always used."""
-        return Engine(source or self.source, get_task(self.task, len(self.classes)), strategy, flavor=FLAVOR,
+        return Engine(source or self.source, get_task(self.task, len(self.classes)), strategy,
+                      flavor=flavor_for("default", task=self.task),  # todal.flavor says why
                       train=train or TrainConfig(**self.meta["train"]), semi=semi,
                       seeds=Seeds(self.meta["seed"], models="project", prefix="project-"),
                       in_channels=self.in_channels, num_classes=len(self.classes),
