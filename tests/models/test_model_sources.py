@@ -245,3 +245,24 @@ def test_the_tod_loss_on_a_frozen_backbone_perturbs_the_features_with_dropout():
     assert not torch.equal(head(x), head(x))  # student and teacher each draw their own mask
     head.eval()
     assert torch.equal(head(x), head(x)) and torch.equal(head.embed(x), x)
+
+
+def test_embedding_a_pool_builds_no_autograd_graph(tmp_path):
+    """The frozen cache's pass runs without autograd: no graph kept over a pool's worth of activations."""
+    from todal.models.frozen import embed_dataset
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc, self.grad = nn.Conv2d(1, 4, 3), nn.Linear(4, 2), []
+
+        def embed(self, x):
+            self.grad.append(torch.is_grad_enabled())
+            return self.body(x).mean((2, 3))
+
+        def forward(self, x):
+            return self.fc(self.embed(x))
+
+    probe = Probe()
+    feats = embed_dataset(probe, bars(10, 0), tmp_path / "e.npy", batch_size=4, device=torch.device("cpu"))
+    assert feats.shape == (10, 4) and probe.grad[1:] == [False] * 3  # [0]: probe_dim, already under no_grad
