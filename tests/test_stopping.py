@@ -74,6 +74,11 @@ def test_the_recommendation_says_what_it_rests_on():
     flat = [{"kappa": 0.995, "labels": 1000}] * 3 + [{"kappa": 0.996, "labels": 1100, "paired": (1, 1, 500)}]
     verdict, text = recommend(criteria(flat, rule), rule)
     assert verdict == "stop", text
+    assert "(stop at 0.99: met)" in text and "plateau below +1.00: met)" in text
+    settled = [{"kappa": 0.9, "labels": 1000, "uncertainty": 0.2}] * 3 + [
+        {"kappa": 0.97, "labels": 1100, "paired": (1, 1, 500), "uncertainty": 0.04}]
+    verdict, text = recommend(criteria(settled, rule), rule)  # κ not met; uncertainty met, and flat
+    assert verdict == "stop" and "(stop at 0.99: not met)" in text and "(stop below 0.05: met)" in text, text
     verdict, _ = recommend(criteria(flat[:3] + [{"kappa": 0.9, "labels": 1100, "paired": (1, 1, 500)}], rule), rule)
     assert verdict == "diminishing returns"
 

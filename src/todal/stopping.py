@@ -127,18 +127,22 @@ def should_stop(c: dict, rule: StopRule) -> str | None:
 
 
 def recommend(c: dict, rule: StopRule) -> tuple[str, str]:
-    """`(verdict, sentence)`: "stop" when predictions have stabilized and the accuracy no longer rises beyond
-    noise, "diminishing returns" when one of the two holds, else "keep labeling"."""
+    """`(verdict, sentence)`: "stop" when the model has settled (stabilizing predictions or low overall
+    uncertainty) and the accuracy no longer rises beyond noise, "diminishing returns" when one of the two holds,
+    else "keep labeling". The sentence gives each criterion's value, its threshold, and whether it is met."""
+    met = lambda ok: "met" if ok else "not met"  # noqa: E731
     parts = []
     if c["kappa"] is not None:
         parts.append(f"κ between the last two models {c['kappa']:.3f}" + (
-            f", mean {c['kappa_mean']:.3f} over {rule.window} steps (stop at {rule.threshold})"
+            f", mean {c['kappa_mean']:.3f} over {rule.window} steps (stop at {rule.threshold}: "
+            f"{met(c['kappa_stop'])})"
             if c["kappa_mean"] is not None else f" (stop at a mean of {rule.threshold} over {rule.window} steps)"))
     if c["gain"] is not None:
         parts.append(f"accuracy {c['gain']:+.2f} points per 100 labels (95% interval {c['gain_low']:+.2f} to "
-                     f"{c['gain_high']:+.2f})")
+                     f"{c['gain_high']:+.2f}; plateau below {rule.min_gain:+.2f}: {met(c['plateau'])})")
     if c["uncertainty"] is not None:
-        parts.append(f"pool uncertainty {c['uncertainty']:.3f}")
+        parts.append(f"pool uncertainty {c['uncertainty']:.3f} (stop below {rule.max_uncertainty}: "
+                     f"{met(c['uncertainty_stop'])})")
     stable, flat = c["kappa_stop"] or c["uncertainty_stop"], c["plateau"]
     verdict = "stop" if stable and flat else "diminishing returns" if stable or flat else "keep labeling"
     return verdict, f"{verdict}: " + ("; ".join(parts) if parts else "not enough steps yet to judge") + "."
