@@ -136,6 +136,8 @@ def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert sorted(again["runs"]["cod"]) == ["0", "1", "2"] and sorted(again["runs"]["random"]) == ["0", "1"]
     assert again["summaries"]["cod"]["seeds"] == [0, 1, 2] and again["loss_estimation"] == r["loss_estimation"]
+    assert again["command"] == r["command"] and again["rewritten_by"].startswith("todal bench --report-only")
+    assert f"Command: `{r['command']}`; runs added since" in (out / "report.md").read_text()
 
 
 def test_bench_errors_are_todal_errors(tmp_path, monkeypatch):

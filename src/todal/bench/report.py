@@ -89,7 +89,10 @@ def write_report(out: Path, r: dict) -> None:
     main = [k for k in r["methods"] if k not in grid]
     trials = max(len(v["seeds"]) for v in s.values())
     lines = [f"# `todal bench`: protocol `{p['name']}` on `{r['dataset']}`\n",
-             f"Command: `{r['command']}`. Every number below is in `results.json`; each run is a resumable run "
+             f"Command: `{r['command']}`"
+             + (f"; runs added since (trials beyond the protocol's, e.g. by `benchmarks/extra_trials.py`) and the "
+                f"report rewritten by `{r['rewritten_by']}`" if r.get("rewritten_by") else "")
+             + ". Every number below is in `results.json`; each run is a resumable run "
              "directory under `runs/` (its `metrics.jsonl` is the raw per-cycle record).\n",
              *_table(["todal", "git commit", "torch", "device", "wall time of this invocation"],
                      [[env["todal_version"], env["git_commit"] or "-", env["torch_version"], env["device"],

@@ -219,7 +219,7 @@ def rewrite_report(out: str | Path, command: str) -> dict:
     labels = r["methods"] + [k for k in runs if k not in r["methods"]]
     key = r.get("metric", "accuracy")
     stats = comparison_statistics(runs, labels, r["grid"], key)
-    r.update(stats, runs={k: dict(sorted(v.items())) for k, v in runs.items()}, methods=labels, command=command)
+    r.update(stats, runs={k: dict(sorted(v.items())) for k, v in runs.items()}, methods=labels, rewritten_by=command)
     r["protocol"]["strategies"] = list(dict.fromkeys(list(r["protocol"]["strategies"]) +
                                                      [k for k in labels if k not in r["protocol"]["strategies"]
                                                       and "+" not in k and k not in r["grid"]]))
