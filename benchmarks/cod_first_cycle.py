@@ -15,7 +15,7 @@ What: the bench's `cod` with that one change (`flavor_overrides={"first_cycle_lo
 same `cpu` protocol and seeds (trial t = seed t: the same initial pool and cycle-0 model), paired
 with the bench's own `cod` and `random` runs, which are read from benchmarks/fashion-mnist-cpu/runs
 (they must be finished there). Reports accuracy per cycle, final accuracy and AUBC, with the bench's
-verdict rule (a win only when every trial agrees in sign and the mean exceeds the std).
+verdict rule (a win only when the 95% confidence interval of the mean paired difference excludes zero).
 
 Writes benchmarks/cod-first-cycle/{results.json, README.md}; its runs are resumable run directories
 under benchmarks/cod-first-cycle/runs/.
@@ -104,11 +104,12 @@ def readme(r: dict) -> str:
         lines.append(f"| {n:,} | " + " | ".join(f"{100 * r['curves'][k]['accuracy_mean'][c]:.2f}" for k in names)
                      + " |")
     lines += ["", "Paired over trials (points; 'cycle 1' is the accuracy right after the first selection):\n",
-              "| a vs b | metric | mean difference | a ahead | std of differences | verdict |",
+              "| a vs b | metric | mean difference [95% CI] | paired t-test p | a ahead | verdict |",
               "|---|---|---|---|---|---|"]
     for c in r["paired"]:
-        lines.append(f"| {c['a']} vs {c['b']} | {c['metric']} | {100 * c['mean']:+.2f} | {c['wins']} of {c['n']} | "
-                     f"{100 * c['std']:.2f} | {c['verdict']} |")
+        lines.append(f"| {c['a']} vs {c['b']} | {c['metric']} | {100 * c['mean']:+.2f} [{100 * c['low']:+.2f}, "
+                     f"{100 * c['high']:+.2f}] | {c['p']:.3g} | {c['wins']} of {c['n']} | {c['verdict']} |")
+    lines += ["", "A verdict other than 'within noise' needs the interval (t distribution) to exclude zero."]
     return "\n".join(lines) + "\n"
 
 

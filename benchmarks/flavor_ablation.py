@@ -140,7 +140,8 @@ def rows(runs: dict) -> list[dict]:
                 for metric in ("final", "aubc"):
                     c = analysis.paired({name: runs[name], other: runs[other]}, name, other, metric)
                     row[f"{metric}_vs_{label}"] = {"mean": c["mean"], "wins": c["wins"], "n": c["n"],
-                                                   "std": c["std"], "verdict": analysis.verdict(c)}
+                                                   "std": c["std"], "low": c["low"], "high": c["high"],
+                                                   "p": c["p"], "verdict": analysis.verdict(c)}
             out.append(row)
     for ref in REFERENCE:
         trials = sorted(runs[ref])
@@ -160,7 +161,8 @@ def against_best(runs: dict) -> list[dict]:
         row = {"against": other}
         for metric in ("final", "aubc"):
             c = analysis.paired({name: runs[name], other: runs[other]}, name, other, metric)
-            row[metric] = {"mean": c["mean"], "wins": c["wins"], "n": c["n"], "std": c["std"], "verdict": analysis.verdict(c)}
+            row[metric] = {"mean": c["mean"], "wins": c["wins"], "n": c["n"], "std": c["std"], "low": c["low"],
+                           "high": c["high"], "p": c["p"], "verdict": analysis.verdict(c)}
         out.append(row)
     return out
 
@@ -169,11 +171,13 @@ def readme(r: dict) -> str:
     lines = ["# The paper flavor's choices, one at a time (cpu protocol, Fashion-MNIST)\n",
              f"Command: `{r['command']}` (commit {r['environment']['git_commit']}, {r['environment']['device']}). "
              "Raw numbers: `results.json`; the runs: `runs/` under each variant's folder.\n",
+             "The default flavor was chosen on these trials (0-2); its check on fresh seeds (trials 3-5) is "
+             "[`../fresh-seeds`](../fresh-seeds/README.md).\n",
              "Baselines: the `paper`-flavor `cod+semi` and `random+semi` runs of "
              "[`../fashion-mnist-cpu`](../fashion-mnist-cpu/report.md) (cod + TOD loss and random + TOD loss). Each "
              "variant switches one flavor choice to the authors' code, same protocol and seeds; differences are "
-             "paired trial by trial (points of accuracy; a verdict needs every trial to agree in sign and the mean "
-             "to exceed the std of the differences).\n",
+             "paired trial by trial (points of accuracy; a verdict needs the 95% confidence interval of the mean "
+             "paired difference, t distribution, to exclude zero: the paired t-test's p < 0.05).\n",
              "| arm | variant | trials | final acc. (%) | AUBC (%) | final vs paper | AUBC vs paper | final vs random "
              "| AUBC vs random |", "|---|---|---|---|---|---|---|---|---|"]
     for row in r["rows"]:
@@ -181,12 +185,12 @@ def readme(r: dict) -> str:
             c = row.get(key)
             if c is None:
                 return ""
-            return f"{100 * c['mean']:+.2f} ({c['wins']}/{c['n']}, {word(c)})"
+            return cell_text(c)
         lines.append(f"| {row['arm']} | {row['variant']} | {row['n']} | {100 * row['final']:.2f} | "
                      f"{100 * row['aubc']:.2f} | {cell('final_vs_paper')} | {cell('aubc_vs_paper')} | "
                      f"{cell('final_vs_random')} | {cell('aubc_vs_random')} |")
-    lines += ["", "Cells: paired mean difference in points (trials ahead / trials, and the verdict: `better` or "
-              "`worse` only when every trial agrees in sign and the mean exceeds the std of the differences).", ""]
+    lines += ["", "Cells: paired mean difference in points [95% confidence interval] (trials ahead / trials, and the "
+              "verdict: `better` or `worse` only when the interval excludes zero).", ""]
     lines += reading(r["rows"])
     if r.get("against_best"):
         lines += ["", "## The default against the bench's best selections", "",
@@ -194,9 +198,13 @@ def readme(r: dict) -> str:
                   "other selections of the same bench (points; trials ahead / trials):", "",
                   "| against | final | AUBC |", "|---|---|---|"]
         for row in r["against_best"]:
-            cell = lambda c: f"{100 * c['mean']:+.2f} ({c['wins']}/{c['n']}, {word(c)})"  # noqa: E731
-            lines.append(f"| {row['against']} | {cell(row['final'])} | {cell(row['aubc'])} |")
+            lines.append(f"| {row['against']} | {cell_text(row['final'])} | {cell_text(row['aubc'])} |")
     return "\n".join(lines) + "\n"
+
+
+def cell_text(c: dict) -> str:
+    return (f"{100 * c['mean']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}] ({c['wins']}/{c['n']}, "
+            f"{word(c)})")
 
 
 def word(c: dict) -> str:
@@ -208,7 +216,7 @@ def reading(rows: list[dict]) -> list[str]:
     by = {(row["arm"], row["variant"]): row for row in rows}
     if ("cod+semi", "paper flavor") not in by or ("random", "paper flavor (no TOD loss)") not in by:
         return []
-    pts = lambda c: f"{100 * c['mean']:+.2f}"  # noqa: E731
+    pts = lambda c: f"{100 * c['mean']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]"  # noqa: E731
     paper, rnd = by[("cod+semi", "paper flavor")], by[("random", "paper flavor (no TOD loss)")]
     out = ["## Reading", "",
            f"- As printed, the paper flavor's cod + TOD loss ends {100 * paper['final']:.2f}% against random's "
