@@ -54,14 +54,17 @@ def test_export_writes_one_task_per_queued_sample_by_rank(tmp_path):
     assert [t["data"]["path"] for t in tasks] == [it.path for it in items]
 
 
-def test_export_prediction_carries_the_top_guess_and_the_acquisition_score(tmp_path):
+def test_export_prediction_carries_the_top_guess_and_the_queue_order_as_score(tmp_path):
+    """Label Studio serves the lowest prediction score first: the score is the queue position / n (the ML
+    backend's definition), the acquisition score travels in the task's data."""
     store = make_project(tmp_path, n=3)
     tasks = _export(store, tmp_path)
     by_id = {it.sample: it for it in store.queued()}
+    assert [t["predictions"][0]["score"] for t in tasks] == pytest.approx([0, 1 / 3, 2 / 3])
     for t in tasks:
         it = by_id[t["data"]["todal_id"]]
         (pred,) = t["predictions"]
-        assert pred["score"] == pytest.approx(it.score)
+        assert t["data"]["todal_score"] == pytest.approx(it.score)
         assert pred["model_version"] == "todal-step-1-cod"
         (res,) = pred["result"]
         assert res["type"] == "choices" and res["from_name"] == "label" and res["to_name"] == "image"
@@ -69,11 +72,12 @@ def test_export_prediction_carries_the_top_guess_and_the_acquisition_score(tmp_p
         assert res["score"] == pytest.approx(it.guesses[0][1])
 
 
-def test_export_without_guesses_keeps_the_score(tmp_path):
+def test_export_without_guesses_keeps_the_order(tmp_path):
     store = make_project(tmp_path, n=2)
     store.finish_step(1, {}, [(s, r, 0.5, "random", []) for r, s in enumerate(sorted(store.ids_by_path().values()))])
     tasks = _export(store, tmp_path)
-    assert all(t["predictions"][0]["result"] == [] and t["predictions"][0]["score"] == 0.5 for t in tasks)
+    assert [t["predictions"][0]["result"] for t in tasks] == [[], []]
+    assert [(t["predictions"][0]["score"], t["data"]["todal_score"]) for t in tasks] == [(0.0, 0.5), (0.5, 0.5)]
 
 
 def test_export_writes_the_label_config_beside_the_tasks(tmp_path):

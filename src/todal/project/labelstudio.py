@@ -2,10 +2,11 @@
 
 Out: `export_tasks` writes one task per queued sample, by rank, to a JSON file, and the labeling config
 beside it (`tasks.json` -> `tasks.label_config.xml`). Each task is
-`{"data": {"image": URL, "todal_id": id, "path": relative path}, "predictions": [...]}`; the prediction
-carries the model's top guess as a `choices` result and the acquisition score as the prediction's
-`score`, so the Data Manager can sort by "Prediction score" (descending: most informative first; its
-"Uncertainty sampling" serves the lowest score first, the reverse of todal's order).
+`{"data": {"image": URL, "todal_id": id, "path": relative path, "todal_score": acquisition score},
+"predictions": [...]}`; the prediction carries the model's top guess as a `choices` result, and its `score`
+is the task's position in todal's queue / the number of tasks, in [0, 1): the ML backend's definition
+(`mlbackend.py`), so Label Studio's "Uncertainty sampling" and an ascending sort by "Prediction score" serve
+todal's order.
 
 Back: `read_export` reads Label Studio's JSON export (Export -> JSON, or
 `GET /api/projects/{id}/export?exportType=JSON`) into rows for `Store.add_labels(rows, source="label-studio")`.
@@ -90,30 +91,26 @@ def export_tasks(store: Store, out_path: str | os.PathLike, *, image_url: str = 
     classes = meta["classes"]
     items = sorted(store.queued(), key=lambda it: (-it.step, it.rank, it.sample))
     tasks = []
-    for it in items:
+    for position, it in enumerate(items):
         task = {"data": {IMAGE_KEY: url(it.path), "todal_id": it.sample, "path": it.path}}
-        prediction = _prediction(it, classes)
-        if prediction is not None:
-            task["predictions"] = [prediction]
+        if it.score is not None:
+            task["data"]["todal_score"] = float(it.score)
+        task["predictions"] = [_prediction(it, classes, position / len(items))]
         tasks.append(task)
     write_text(out_path, json.dumps(tasks, indent=1) + "\n")
     write_text(config_path(out_path), label_config(classes))
     return len(tasks)
 
 
-def _prediction(item: Item, classes: list[str]) -> dict | None:
+def _prediction(item: Item, classes: list[str], order: float) -> dict:
+    """The model's guess (if any) and `order`, the task's queue position / n, as the prediction's score."""
     result = []
     if item.guesses:
         cls, prob = item.guesses[0]
         result.append({"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
                        "value": {"choices": [classes[int(cls)]]}, "score": float(prob)})
-    if not result and item.score is None:
-        return None
-    prediction = {"model_version": f"todal-step-{item.step}-{item.strategy}" if item.strategy
-                  else f"todal-step-{item.step}", "result": result}
-    if item.score is not None:
-        prediction["score"] = float(item.score)
-    return prediction
+    return {"model_version": f"todal-step-{item.step}-{item.strategy}" if item.strategy
+            else f"todal-step-{item.step}", "result": result, "score": order}
 
 
 def _data_uri(path: Path) -> str:
