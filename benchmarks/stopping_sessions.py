@@ -1,6 +1,8 @@
 """Is the accuracy estimate honest, and does a project know when to stop? Simulated labeling sessions on real PNGs.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stopping_sessions.py [--sessions 5] [--max-steps 20]
+    ... --sessions 3 --only 0 & ... --sessions 3 --only 1,2   # sessions in parallel processes; then without
+                                                              # --only: the report from the finished sessions
 
 Why (issue 23): a project's estimate used to rest on 19 held-out images that never grew, its interval covered
 the test accuracy in 2 of 3 steps, and nothing said when to stop.
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-steps", type=int, default=20)
     ap.add_argument("--pool", type=int, default=3000)
     ap.add_argument("--work", default="/tmp/todal-stopping-sessions")
+    ap.add_argument("--only", default=None, metavar="SEEDS",
+                    help="run only these sessions (comma-separated seeds), e.g. in parallel processes; a run without "
+                         "it reports every finished one")
     args = ap.parse_args(argv)
     from PIL import Image
 
@@ -65,8 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
         truth[rel] = int(y[i])
     test_x, test_y = torch.from_numpy(xt).unsqueeze(1), torch.from_numpy(yt)
     sessions = []
+    only = None if args.only is None else {int(x) for x in args.only.split(",")}
     for seed in range(args.sessions):
         done = work / f"session{seed}.json"
+        if only is not None and seed not in only:
+            continue
         if done.exists():
             sessions.append(json.loads(done.read_text()))
             continue
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
                   "stopped_itself": steps[-1]["verdict"] == "stop"}
         done.write_text(json.dumps(result))
         sessions.append(result)
+    if only is not None:  # a part of the sessions: the report comes from a run without --only
+        return {"sessions": sessions}
     pairs = [st for sess in sessions for st in sess["steps"] if st["n"]]
     covered = sum(st["low"] <= st["test_accuracy"] <= st["high"] for st in pairs)
     by_step: dict[int, list] = {}

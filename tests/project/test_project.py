@@ -184,6 +184,34 @@ def test_holdout_is_never_trained_on_and_every_step_adds_a_random_validation_sli
     assert m["recommendation"].startswith(("keep labeling", "diminishing returns", "stop"))
 
 
+def test_the_validation_reserve_is_a_fixed_random_share_that_grows_with_the_pool():
+    from todal.project.core import reserve_keys
+
+    keys = reserve_keys(7, 200_000)
+    assert torch.equal(reserve_keys(7, 1000), keys[:1000])  # a sample's key never changes as images are added
+    assert not torch.equal(reserve_keys(8, 1000), keys[:1000])
+    share = float((keys < 0.2).double().mean())
+    assert abs(share - 0.2) < 0.005 and 0 <= float(keys.min()) and float(keys.max()) < 1
+    assert abs(float(keys.mean()) - 0.5) < 0.005  # uniform: the mean of U[0, 1)
+
+
+def test_validation_labels_come_from_the_reserve_the_strategy_never_sees(tmp_path):
+    """The strategy takes the hard images, so what it leaves grows easier; a validation slice drawn from its
+    leftovers would estimate too high. Every step's slice must come from the fixed reserve, and no strategy pick
+    may come from it."""
+    from todal.project.core import reserve_keys
+
+    project, _, truth = make(tmp_path)
+    reserve = set((reserve_keys(project.meta["seed"], 150) < project.meta["holdout"]).nonzero().flatten().tolist())
+    for _ in range(3):
+        answer_queue(project, truth)
+        project.step(budget=20, strategy="margin")
+    rows = project.store._con().execute("SELECT step, sample, strategy FROM queue WHERE step > 0").fetchall()
+    validation = {x for _, x, who in rows if who == "validation"}
+    picks = {x for _, x, who in rows if who == "margin"}
+    assert len(validation) == 12 and validation <= reserve and not picks & reserve and len(picks) == 48
+
+
 def test_a_step_killed_midway_resumes_to_the_same_queue(tmp_path, monkeypatch):
     a, _, truth = make(tmp_path / "a")
     b, _, _ = make(tmp_path / "b")

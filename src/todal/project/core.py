@@ -11,9 +11,12 @@ the model's input size), `checkpoints/step_<s>.pt` (model and EMA teacher after 
 the pool with one inference pass),
 `masks/<id>.png` (segmentation labels), `learning_curve.png`.
 
-Accuracy without a test set: a random slice of the random batches (the seed batch, and any step run
-with strategy "random") is marked *holdout* when it is queued. Its labels are never trained on, and
-since the slice was drawn at random, the accuracy on it estimates the accuracy on the whole pool.
+Accuracy without a test set: a random slice of the seed batch, and of every step's batch, is marked
+*holdout* when it is queued; its labels are never trained on. A step's slice comes from the *validation
+reserve*: a fixed random share (`holdout`) of the pool, each sample in or out by a hash of the project seed
+and its id (stable as the folder grows), never offered to the strategy. The strategy takes the hard images
+from the rest, so what remains there grows easier; the reserve does not, and every validation label is a
+uniform draw from the whole pool, so the accuracy on them estimates the accuracy on the pool.
 
 A step is resumable: it records the label snapshot it reads (the newest label row when it started),
 so a step killed at any point and run again with the same arguments trains on the same labels and
@@ -36,7 +39,7 @@ from torch import nn
 from .. import distributed
 from ..atomic import write_json, write_with
 from ..ema import DEFAULT_DECAY
-from ..engine import Checkpoints, Engine, Seeds, generator, seeded
+from ..engine import Checkpoints, Engine, Seeds, derive_seed, generator, seeded
 from ..errors import Int, Real, TodalError, check_choice, check_int, validate
 from ..flavor import flavor_for
 from ..inference import predict
@@ -142,6 +145,19 @@ def _interleave(chosen: torch.Tensor, scores, strategy: str, validation: torch.T
     b = [((j + 0.5) / len(validation), int(x), None, "validation") for j, x in enumerate(validation.tolist())]
     merged = sorted(a + b, key=lambda t: t[0])
     return [(x, r, score, who) for r, (_, x, score, who) in enumerate(merged)]
+
+
+def reserve_keys(seed: int, n: int) -> torch.Tensor:
+    """`[n]` keys uniform in [0, 1), one per sample id, from the project seed alone (splitmix64 of seed and id):
+    sample i is in the validation reserve when its key is below the holdout share, and the reserve is served in
+    key order. A sample's key never changes as the pool grows."""
+    ids = np.arange(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        z = ids * np.uint64(0x9E3779B97F4A7C15) + np.uint64(derive_seed(seed, "validation-reserve"))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return torch.from_numpy((z >> np.uint64(11)).astype(np.float64) / float(2 ** 53))
 
 
 def _signal_row(m: dict) -> dict:
@@ -584,12 +600,15 @@ class Project:
         for st, sample, _ in self.store.pending():
             if st < s:
                 waiting[sample] = True
-        candidates = (ok & ~answered & ~waiting & ~holdout).nonzero().flatten()
-        # a random validation slice of every step's batch, never trained on: the accuracy estimate narrows
-        g = generator(self.meta["seed"], "project-holdout", s)
-        n_val = min(len(candidates), int(round(self.meta["holdout"] * budget)))
-        validation = candidates[torch.randperm(len(candidates), generator=g)[:n_val]].sort().values
-        rest = candidates[~torch.isin(candidates, validation)]
+        free = ok & ~answered & ~waiting & ~holdout
+        # every step's batch carries a validation slice, never trained on, from the reserve the strategy never
+        # sees (module docstring): the estimate narrows and stays a uniform sample of the pool
+        keys = reserve_keys(self.meta["seed"], len(samples))
+        in_reserve = keys < self.meta["holdout"]
+        spare = (free & in_reserve).nonzero().flatten()
+        n_val = min(len(spare), int(round(self.meta["holdout"] * budget)))
+        validation = spare[keys[spare].argsort()[:n_val]].sort().values
+        rest = (free & ~in_reserve).nonzero().flatten()
         k = min(budget - n_val, len(rest))
         chosen, scores, scores_time = torch.empty(0, dtype=torch.long), None, 0.0
         if k > 0:
