@@ -135,7 +135,7 @@ def figure(r: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
-    s = r["sessions"][0]
+    s = next((x for x in r["sessions"] if x["stopped_itself"]), r["sessions"][0])  # one that stopped, if any
     labels = [st["labels"] for st in s["steps"]]
     a.fill_between(labels, [100 * st["low"] for st in s["steps"]], [100 * st["high"] for st in s["steps"]],
                    alpha=0.25, label="95% interval of the estimate")
@@ -169,10 +169,13 @@ def readme(r: dict) -> None:
     lines = ["# Simulated labeling sessions: the accuracy estimate and when to stop\n",
              f"Command: `{r['command']}`. Raw numbers: `results.json`; figure: `sessions.png`.\n",
              f"{len(r['sessions'])} sessions on {r['pool']:,} Fashion-MNIST PNGs (COD, budget 100 a step, a random 20% of "
-             "every batch held out for validation), each stepped until `todal status` recommended stop or 20 steps. "
+             "every batch queued for validation from the project's validation reserve, never trained on), each stepped "
+             "until `todal status` recommended stop or 20 steps. "
              f"Over {r['pairs']} (session, step) pairs the 95% interval held the test accuracy in "
              f"**{100 * r['coverage']:.1f}%** (target: at least 90%); the estimate's mean error against the test "
-             f"accuracy is {100 * r['bias']:+.2f} points.\n",
+             f"accuracy is {100 * r['bias']:+.2f} points. A session's estimates share their labels from step to step, "
+             "so its steps are not independent trials of the interval: the coverage is over few independent "
+             "sessions.\n",
              "| step | mean interval width (points) | coverage |", "|---|---|---|"]
     for s, w in r["width_by_step"].items():
         lines.append(f"| {s} | {100 * w:.1f} | {100 * r['coverage_by_step'][s]:.0f}% |")
