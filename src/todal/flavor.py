@@ -12,8 +12,9 @@ named, each beside the command that measured it):
 - `first_cycle_lowest`, per task: in the first cycle, with only the untrained model to compare with, COD
   takes the lowest discrepancy for classification, as the code does; the highest (the text) picks the
   samples the model is already sure of (benchmarks/cod-first-cycle). For segmentation it takes the highest,
-  as the text says: a scene's summed discrepancy grows with its item pixels, so the lowest are mostly
-  background (benchmarks/segmentation-first-cycle, benchmarks/fashion-mnist-scenes-default);
+  as the text says: there the first pick's effect is seed-dependent and, paired over trials, no different
+  from the lowest (benchmarks/segmentation-first-cycle, benchmarks/segmentation-first-pick), so it follows
+  the paper;
 - `teacher_train_mode=True`: the EMA teacher runs in train mode, normalising each unlabeled batch with that
   batch's statistics as the student does (the code). In eval mode its running statistics mix labeled and
   unlabeled batches, which COD makes differ, and cod + TOD loss diverged when every cycle was trained to
