@@ -88,3 +88,27 @@ def test_cifar_errors(tmp_path, isolated):
         read_cifar10(tmp_path / "c")
     with pytest.raises(TodalError, match="data root .* does not exist"):
         read_cifar100(tmp_path / "missing")
+
+
+class _Payload:
+    """A pickle that, when loaded by plain pickle, writes a marker file (stands for any code a file could run)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_batch_that_would_run_code_is_refused_and_never_run(tmp_path):
+    batches = write_cifar10(tmp_path)
+    marker = tmp_path / "ran.txt"
+    bad = dict(batches[1])
+    bad[b"batch_label"] = _Payload(marker)
+    dump(tmp_path / "cifar-10-batches-py" / "data_batch_1", bad)
+    refused = r"data_batch_1 cannot be unpickled \(UnpicklingError: it names .*refused, not run\)"
+    with pytest.raises(TodalError, match=refused):
+        read_cifar10(tmp_path)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is live: plain pickle would have run it
+    assert marker.exists()

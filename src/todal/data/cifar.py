@@ -1,6 +1,7 @@
 """CIFAR-10 / CIFAR-100 from the upstream "python version" pickle folders.
 
-The batches are pickles: only open folders you trust (unpickling can run code).
+The batches are pickles. They are read with an unpickler that builds only what a batch holds (dicts, lists,
+bytes, numbers and numpy arrays) and refuses any other global, so a crafted file cannot run code.
 """
 
 from __future__ import annotations
@@ -22,10 +23,23 @@ STD = (0.2023, 0.1994, 0.2010)
 _HOME = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
+# The only globals a batch names: numpy's array reconstruction (numpy 1 and 2 module paths), and, in a copy
+# re-pickled by Python 3 at protocol 2, `_codecs.encode` for its bytes.
+_ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+            ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds (refused, not run)")
+        return super().find_class(module, name)
+
+
 def _load(path: Path, what: str) -> dict:
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+            d = _BatchUnpickler(f, encoding="bytes").load()
     except Exception as e:  # truncated or foreign files fail in many ways inside pickle
         raise TodalError(f"{path} cannot be unpickled ({_paths.one_line(e)}); "
                          f"re-extract {what} from {_HOME}.") from None
