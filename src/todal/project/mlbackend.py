@@ -68,7 +68,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import TodalError, check_int
-from .server import LOOPBACK, MIN_TOKEN, BadRequest, check_port, log_config
+from .server import LOOPBACK, MIN_TOKEN, BadRequest, check_port, module_main, run, url_host
 from .store import DB_NAME, Store
 
 log = logging.getLogger("todal.mlbackend")
@@ -851,39 +851,25 @@ def credentials_from_env(host: str) -> tuple[str, str] | None:
 def serve(project_dir, *, host: str = "127.0.0.1", port: int = PORT, retrain_every: int = 100, budget: int = 100,
           strategy: str = "cod", device: str | None = None, quiet: bool = False) -> None:
     """Serve the project as Label Studio's ML backend until interrupted."""
-    import uvicorn
-
     credentials = credentials_from_env(host)
     label_studio = LabelStudio.from_env()
     check_port(host, port, PORT)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     app = make_app(project_dir, credentials=credentials, retrain_every=retrain_every, budget=budget,
                    strategy=strategy, device=device, label_studio=label_studio)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"ML backend: http://{shown}:{port} serving {app.state.backend.version()}"
+    print(f"ML backend: http://{url_host(host)}:{port} serving {app.state.backend.version()}"
           + (" (Basic auth)" if credentials else "")
           + ("; Label Studio's API at " + label_studio.url if label_studio else
              "; set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to refresh Label Studio's predictions after each step"),
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
-                log_config=log_config())
+    run(app, host, port, quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
     from .cli import add_ml_backend_arguments, ml_backend_options
 
-    p = argparse.ArgumentParser(prog="python -m todal.project.mlbackend", description=serve.__doc__)
-    add_ml_backend_arguments(p)
-    a = p.parse_args(argv)
-    try:
-        serve(a.project, **ml_backend_options(a))
-    except TodalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return module_main("python -m todal.project.mlbackend", serve, add_ml_backend_arguments, ml_backend_options,
+                       argv)
 
 
 if __name__ == "__main__":

@@ -344,10 +344,35 @@ def log_config() -> dict:
     return config
 
 
+def url_host(host: str) -> str:
+    """`host` as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
+def run(app, host: str, port: int, quiet: bool) -> None:
+    """uvicorn serving `app` until interrupted: the access log (query strings dropped) unless `quiet`."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
+                log_config=log_config())
+
+
+def module_main(prog: str, serve_fn, add_arguments, options, argv: list[str] | None) -> int:
+    """`python -m todal.project.<server>`: parse `argv` with the CLI's own arguments, serve, exit 2 on a TodalError."""
+    p = argparse.ArgumentParser(prog=prog, description=serve_fn.__doc__)
+    add_arguments(p)
+    a = p.parse_args(argv)
+    try:
+        serve_fn(a.project, **options(a))
+    except TodalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
           quiet: bool = False) -> None:
     """Serve the labeling page until interrupted; a host other than loopback needs a token (one is made)."""
-    import uvicorn
 
     if token is not None and len(token) < MIN_TOKEN:
         raise TodalError(f"--token must be at least {MIN_TOKEN} characters (a short one can be guessed). Got "
@@ -356,24 +381,14 @@ def serve(project_dir, *, host: str = "127.0.0.1", port: int = 8765, token: str 
         token = secrets.token_urlsafe(24)
     app = make_app(project_dir, token=token)
     check_port(host, port)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"Labeling page: http://{shown}:{port}/" + (f"#token={token}" if token else ""), flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning" if quiet else "info", access_log=not quiet,
-                log_config=log_config())
+    print(f"Labeling page: http://{url_host(host)}:{port}/" + (f"#token={token}" if token else ""), flush=True)
+    run(app, host, port, quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import add_annotate_arguments, annotate_options
 
-    p = argparse.ArgumentParser(prog="python -m todal.project.server", description=serve.__doc__)
-    add_annotate_arguments(p)
-    a = p.parse_args(argv)
-    try:
-        serve(a.project, **annotate_options(a))
-    except TodalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return module_main("python -m todal.project.server", serve, add_annotate_arguments, annotate_options, argv)
 
 
 if __name__ == "__main__":
