@@ -9,25 +9,16 @@ authenticate as `Authorization: Token <t>` (1.23 turns legacy tokens off for new
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import signal
-import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from lskit import CLASSES, make_project, other_class
+from lskit import CLASSES, label_studio, make_project, other_class
 
 from todal.project.labelstudio import export_tasks, label_config, read_export
 
 httpx = pytest.importorskip("httpx")
-
-REPO = Path(__file__).resolve().parents[2]
-LABEL_STUDIO = Path(os.environ.get("TODAL_LABEL_STUDIO", REPO / ".venv-label-studio" / "bin" / "label-studio"))
-START_TIMEOUT = 150.0  # the first start runs Django's migrations (~25 s on 2 cores)
 
 
 @dataclass
@@ -37,71 +28,15 @@ class Server:
     files: Path  # LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if not LABEL_STUDIO.exists():
-        why = f"Label Studio is not installed at {LABEL_STUDIO}; run scripts/setup_label_studio.sh"
-        if os.environ.get("CI"):
-            pytest.fail(why + " (CI must run this test)")
-        pytest.skip(why)
-    base = tmp_path_factory.mktemp("label-studio")
-    files = base / "files"
-    files.mkdir()
-    port, token = _free_port(), secrets.token_hex(20)
-    # A clean environment: Label Studio also reads unprefixed HOST, PORT, USERNAME, ... variables.
-    env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT") if k in os.environ}
-    env.update(HOME=str(base), LABEL_STUDIO_BASE_DATA_DIR=str(base / "data"),
-               LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true", LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(files),
-               # No traffic beyond 127.0.0.1: no version check, analytics, error reports or resource downloads.
-               LABEL_STUDIO_LATEST_VERSION_CHECK="false", LABEL_STUDIO_COLLECT_ANALYTICS="false",
-               LABEL_STUDIO_SENTRY_DSN="", LABEL_STUDIO_FRONTEND_SENTRY_DSN="",
-               LABEL_STUDIO_CONVERTER_DOWNLOAD_RESOURCES="false", LABEL_STUDIO_DEBUG="false")
-    log_path = base / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(LABEL_STUDIO), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
-             "--username", "todal@example.org", "--password", secrets.token_hex(12), "--user-token", token,
-             "--enable-legacy-api-token"],
-            env=env, cwd=base, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)  # its own process group: teardown kills the runserver child too
-    url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=url, headers={"Authorization": f"Token {token}"}, timeout=60.0, trust_env=False)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"Label Studio exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Label Studio did not answer in {START_TIMEOUT:.0f} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield Server(url, client, files)
-    finally:
-        client.close()
-        _stop(proc)
+    with label_studio(tmp_path_factory.mktemp("label-studio")) as ls:
+        client = httpx.Client(base_url=ls.url, headers={"Authorization": f"Token {ls.token}"}, timeout=60.0,
+                              trust_env=False)
+        try:
+            yield Server(ls.url, client, ls.files)
+        finally:
+            client.close()
 
 
 def _ok(response, status=(200, 201)):
