@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -34,26 +33,11 @@ from todal.data import load_dataset
 from todal.project.core import Project
 from todal.project.labelstudio import label_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from labeling_session import free_port, write_pngs  # noqa: E402  (the labeling-session benchmark's helpers)
+
 ANNOTATORS = 8
 LS_PROJECT = 7
-
-
-def write_pngs(x: np.ndarray, root: Path) -> float:
-    from PIL import Image
-
-    t0 = time.perf_counter()
-    for i in range(len(x)):
-        folder = root / f"part{i // 1000:03d}"
-        if i % 1000 == 0:
-            folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(x[i]).save(folder / f"{i:05d}.png")
-    return time.perf_counter() - t0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ls_task(sample: int, path: str) -> dict:
