@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/pool_scale.py                       # 10^4, 10^5, 10^6
     .venv/bin/python benchmarks/pool_scale.py --sizes 10000 --strategies random,cod   # a quick look
+    .venv/bin/python benchmarks/pool_scale.py --sizes 100000 --strategies batchbald --k 100   # fewer picks
 
 The pool is synthetic and lazy: sample i (a 1x16x16 image of class i % 10, its pixels a hash of i) is made
 when a batch asks for it, so nothing of the pool is ever held but the batch in hand; what memory grows
@@ -14,7 +15,7 @@ each process: one plain inference pass over the same pool, so a strategy's time 
 it. A strategy past `--timeout` seconds is reported as such. COD through `todal.select` keeps no
 previous outputs, so it runs the previous model on every batch (two passes); in `ActiveLoop` it keeps
 the `[N, C]` float32 outputs of its last scoring instead (40 MB at 10^6 and 10 classes: counted as
-`cod_cache_mb`). Writes benchmarks/pool-scale/{results.json, README.md}.
+`cod_cache_mb`). `--k` sets the picks (a cell measured with another k than 1,000 says so). Writes benchmarks/pool-scale/{results.json, README.md}.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ def reset_peak() -> bool:
         return False
 
 
-def one(strategy: str, n: int) -> dict:
-    """Runs in a child process: one strategy on one pool size."""
+def one(strategy: str, n: int, k: int = K) -> dict:
+    """Runs in a child process: one strategy on one pool size, k picks."""
     from todal import TrainConfig, fit, models, select
     from todal import strategies as registry
     from todal.inference import predict
@@ -82,12 +83,12 @@ def one(strategy: str, n: int) -> dict:
     before = rss_mb("VmRSS")
     exact = reset_peak()
     t0 = time.perf_counter()
-    picked = select(strat, model, pool, K, labeled=labeled, unlabeled=unlabeled, previous=previous, teacher=teacher,
+    picked = select(strat, model, pool, k, labeled=labeled, unlabeled=unlabeled, previous=previous, teacher=teacher,
                     labels=labeled % CLASSES, batch_size=256)
     seconds = time.perf_counter() - t0
     peak = rss_mb("VmHWM")
-    assert len(picked) == K and len(set(picked.tolist())) == K and bool((picked >= LABELED).all())
-    return {"strategy": strategy, "n": n, "seconds": round(seconds, 3), "samples_per_s": round((n - LABELED) / seconds),
+    assert len(picked) == k and len(set(picked.tolist())) == k and bool((picked >= LABELED).all())
+    return {"strategy": strategy, "n": n, "k": k, "seconds": round(seconds, 3), "samples_per_s": round((n - LABELED) / seconds),
             "inference_pass_s": round(t_pass, 3), "ratio_to_pass": round(seconds / t_pass, 2),
             "rss_before_mb": round(before, 1), "peak_added_mb": round(peak - before, 1), "peak_reset": exact,
             "cod_cache_mb": round(n * CLASSES * 4 / 2**20, 1) if strategy == "cod" else None,
@@ -99,11 +100,13 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--strategies", default="all")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--k", type=int, default=K, help=f"picks per selection (default {K}; a cell with another k "
+                    "says so in the tables)")
     ap.add_argument("--out", default=str(OUT))
-    ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(one(args.child[0], int(args.child[1]))), flush=True)
+        print("RESULT " + json.dumps(one(args.child[0], int(args.child[1]), int(args.child[2]))), flush=True)
         return
     out = Path(args.out)
     names = ALL if args.strategies == "all" else args.strategies.split(",")
@@ -119,13 +122,13 @@ def main(argv=None) -> None:
         for name in names:
             t0 = time.perf_counter()
             try:
-                p = subprocess.run([sys.executable, __file__, "--child", name, str(n)], capture_output=True, text=True,
+                p = subprocess.run([sys.executable, __file__, "--child", name, str(n), str(args.k)], capture_output=True, text=True,
                                    timeout=args.timeout)
                 line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
                 row = json.loads(line[0][7:]) if line else {
-                    "strategy": name, "n": n, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
+                    "strategy": name, "n": n, "k": args.k, "error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
             except subprocess.TimeoutExpired:
-                row = {"strategy": name, "n": n, "error": f"over {args.timeout:g} s"}
+                row = {"strategy": name, "n": n, "k": args.k, "error": f"over {args.timeout:g} s"}
             row["wall_s"] = round(time.perf_counter() - t0, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -146,6 +149,12 @@ NOTES = [
     "iterations) stay flat. Past `max_memory_gb`, coreset and BADGE refuse with a one-line error naming `subset`.",
     "",
 ]
+
+
+def other_k(row: dict) -> str:
+    """A cell measured with another number of picks than the table's k says so."""
+    k = row.get("k", K)
+    return "" if k == K else f" (k = {k:,})"
 
 
 def write(out: Path, rows: list[dict], commands: list[str]) -> None:
@@ -170,7 +179,8 @@ def write(out: Path, rows: list[dict], commands: list[str]) -> None:
         cells = []
         for n in sizes:
             r = by.get((s, n))
-            cells.append("—" if r is None else r["error"] if "error" in r else f"{r['seconds']:.1f} s ({r['ratio_to_pass']:.1f}x)")
+            cells.append("—" if r is None else r["error"] if "error" in r else
+                         f"{r['seconds']:.1f} s ({r['ratio_to_pass']:.1f}x)" + other_k(r))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", "Peak memory the selection added (MB, VmHWM minus the resident memory before it), and its growth "
               "from the middle to the largest size:", "",
@@ -180,7 +190,7 @@ def write(out: Path, rows: list[dict], commands: list[str]) -> None:
         for n in sizes:
             r = by.get((s, n))
             ok = r is not None and "error" not in r
-            cells.append(f"{r['peak_added_mb']:.0f}" if ok else "—")
+            cells.append(f"{r['peak_added_mb']:.0f}" + other_k(r) if ok else "—")
             mem.append(r["peak_added_mb"] if ok else None)
         growth = (f"{max(mem[-1], 1) / max(mem[-2], 1):.1f}x" if len(mem) > 1 and None not in mem[-2:] else "—")
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {growth} |")
