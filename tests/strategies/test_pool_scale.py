@@ -43,3 +43,12 @@ def test_stack_rows_writes_batches_into_one_tensor_and_checks_the_count():
     with pytest.raises(RuntimeError, match="got 3 rows, expected 6"):
         short.result()
     assert stack_rows(0, iter([])).numel() == 0
+
+
+def test_batchbald_holds_its_log_probabilities_and_one_block_never_pool_by_configurations():
+    """BatchBALD keeps `[N, K, C]` log-probabilities and scores the candidates a block at a time: without the
+    blocks its joint probabilities would be `[M, N, C]` (30 million elements here, M = 1,000 configurations)."""
+    from todal.strategies.batchbald import BLOCK_BYTES
+
+    n, passes = 3000, 20
+    assert largest("batchbald", n) <= max(n * passes * C, BLOCK_BYTES // 8)
