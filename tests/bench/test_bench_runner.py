@@ -138,6 +138,8 @@ def test_smoke_bench_end_to_end_writes_the_report(tmp_path, capsys):
     assert again["summaries"]["cod"]["seeds"] == [0, 1, 2] and again["loss_estimation"] == r["loss_estimation"]
     assert again["command"] == r["command"] and again["rewritten_by"].startswith("todal bench --report-only")
     assert f"Command: `{r['command']}`; runs added since" in (out / "report.md").read_text()
+    n = sum(len(v) for v in again["runs"].values())
+    assert n == sum(len(v) for v in r["runs"].values()) + 1 and f"rewritten from all {n} runs" in (out / "report.md").read_text()
 
 
 def test_bench_errors_are_todal_errors(tmp_path, monkeypatch):

@@ -91,7 +91,8 @@ def write_report(out: Path, r: dict) -> None:
     lines = [f"# `todal bench`: protocol `{p['name']}` on `{r['dataset']}`\n",
              f"Command: `{r['command']}`"
              + (f"; runs added since (trials beyond the protocol's, e.g. by `benchmarks/extra_trials.py`) and the "
-                f"report rewritten by `{r['rewritten_by']}`" if r.get("rewritten_by") else "")
+                f"report rewritten from all {sum(len(v) for v in r['runs'].values())} runs by `{r['rewritten_by']}` (the "
+                f"table below describes the first invocation)" if r.get("rewritten_by") else "")
              + ". Every number below is in `results.json`; each run is a resumable run "
              "directory under `runs/` (its `metrics.jsonl` is the raw per-cycle record).\n",
              *_table(["todal", "git commit", "torch", "device", "wall time of this invocation"],
